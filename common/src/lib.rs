@@ -4,6 +4,7 @@
 //!
 //! * [`config`] — typed configuration (file, then `HERMES_*` environment), unknown fields rejected.
 //! * [`logging`] — one-time `tracing-subscriber` setup.
+//! * [`auth`] — the shared HMAC key, read from a file or env var (never from the JSON config).
 //! * [`envelope`] — the wire envelope: magic, version, kind, run id, sender, sequence, payload, HMAC tag.
 //! * [`chunking`] — splitting large payloads into records and reassembling them with bounded memory.
 //! * [`protocol`] — the typed messages (registration, model, shards, updates, reports, logs).
@@ -12,6 +13,7 @@
 //! * [`data`] — dataset loaders (MNIST IDX, CIFAR-10 binary, CSV), splits and batching.
 //! * [`stats`] — the loss gate (z-score window, Welch t-test).
 
+pub mod auth;
 pub mod chunking;
 pub mod config;
 pub mod data;
