@@ -12,7 +12,8 @@ Usage (``.venv/ort/bin/python stock_runner.py MODE REQUEST.npz RESPONSE.npz``):
   ``__lr__``, ``__steps__`` (and for adamw ``__beta1__``, ``__beta2__``,
   ``__epsilon__``, ``__weight_decay__``), the data/label feeds and the starting
   parameters by name; repeats train step + optimizer step on the same batch and
-  returns ``__losses__`` and the final parameters by name.  The AdamW update is
+  returns ``__losses__`` and the final parameters by name (and, with
+  ``__snapshot__`` = k, the parameters after step k as ``snapshot/<name>``).  The AdamW update is
   onnxruntime-training's ``AdamWOptimizer`` with ``adam_mode=1``,
   ``correct_bias=1`` (bias correction folded into the learning rate, decoupled
   weight decay applied after the update, step counted from 1).
@@ -68,6 +69,8 @@ def train(mode: str, request, response_path: str) -> None:
     if mode == "adamw":
         b1, b2 = np.float32(meta["__beta1__"]), np.float32(meta["__beta2__"])
         eps, wd = np.float32(meta["__epsilon__"]), np.float32(meta["__weight_decay__"])
+    snapshot_at = int(meta["__snapshot__"]) if "__snapshot__" in meta else -1
+    out = {}
     losses = []
     for step in range(1, steps + 1):
         feeds.update(state)
@@ -84,7 +87,9 @@ def train(mode: str, request, response_path: str) -> None:
                 lr_c = lr * np.float32(np.sqrt(c2)) / c1
                 w = state[p] - lr_c * m1[p] / (np.sqrt(m2[p]) + eps)
                 state[p] = w - lr * wd * w
-    out = {p: v for p, v in state.items()}
+        if step == snapshot_at:
+            out.update({f"snapshot/{p}": v.copy() for p, v in state.items()})
+    out.update(state)
     out["__losses__"] = np.array(losses, dtype=np.float64)
     np.savez(response_path, **out)
 
