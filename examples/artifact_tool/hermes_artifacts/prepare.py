@@ -40,8 +40,13 @@ def explicit_pads(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         if shapes is None:
             shapes = _Shapes(model)
-        x_shape = shapes.static(node.input[0], f"{node.op_type} '{node.name}' input")
-        spatial = x_shape[2:]
+        x_dims = shapes.dims.get(node.input[0])
+        if x_dims is None or len(x_dims) < 3 or any(d is None for d in x_dims[2:]):
+            raise LoweringError(
+                f"{node.op_type} '{node.name}' uses auto_pad={auto_pad} but the spatial size of its input "
+                f"'{node.input[0]}' is not known statically ({x_dims}); export the model with explicit pads"
+            )
+        spatial = [int(d) for d in x_dims[2:]]
         r = len(spatial)
         if "kernel_shape" in a:
             kernel: List[int] = list(a["kernel_shape"])
