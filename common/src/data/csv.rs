@@ -8,12 +8,15 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use super::dataset::{shape_len, Dataset};
 use super::error::{DataError, Result};
 use super::source::{read_bounded, Limits};
 
 /// Where the label is in each row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LabelColumn {
     /// The first column.
     First,
@@ -24,13 +27,15 @@ pub enum LabelColumn {
 }
 
 /// Whether the first non-empty line is a header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Header {
     /// No header: the first line is data.
     Absent,
     /// The first line is a header and is skipped.
     Present,
-    /// The first line is a header when one of its cells is not a number.
+    /// The first line is a header when most of its cells are not numbers
+    /// (so a data row with one bad cell is reported, not silently skipped).
     Auto,
 }
 
@@ -112,9 +117,7 @@ pub fn parse_csv(
             header_pending = false;
             let is_header = match options.header {
                 Header::Present => true,
-                _ => line
-                    .split(options.delimiter)
-                    .any(|c| c.trim().parse::<f64>().is_err()),
+                _ => looks_like_header(line, options.delimiter),
             };
             if is_header {
                 continue;
@@ -186,6 +189,16 @@ pub fn parse_csv(
         None => labels.iter().max().map_or(1, |&m| m as usize + 1),
     };
     Dataset::new(origin, features, labels, shape, num_classes)
+}
+
+/// True when more than half of the cells of `line` are not numbers.
+fn looks_like_header(line: &str, delimiter: char) -> bool {
+    let (mut text, mut total) = (0usize, 0usize);
+    for cell in line.split(delimiter) {
+        total += 1;
+        text += usize::from(cell.trim().parse::<f64>().is_err());
+    }
+    2 * text > total
 }
 
 /// Checks the first data row's width against the options and limits, and
@@ -298,6 +311,25 @@ mod tests {
             ..CsvOptions::default()
         };
         assert_eq!(parse("5,1.0,6\n", &middle).unwrap().labels(), &[1]);
+    }
+
+    #[test]
+    fn auto_header_needs_mostly_text() {
+        let ds = parse("pixel1,pixel2,label\n1,2,0\n", &CsvOptions::default()).unwrap();
+        assert_eq!(ds.len(), 1);
+        // A first data row with one bad cell is an error, not a header.
+        let e = parse("1,x,0\n1,2,0\n", &CsvOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::CsvCell {
+                    line: 1,
+                    column: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::dataset::{check_labels, Dataset};
 use super::error::{DataError, Result};
 use super::source::{read_bounded, Limits};
@@ -241,7 +243,8 @@ pub fn load_idx(
 }
 
 /// Which half of MNIST to load from a directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MnistPart {
     /// `train-images-idx3-ubyte` + `train-labels-idx1-ubyte` (60,000 samples).
     Train,

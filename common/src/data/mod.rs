@@ -9,6 +9,7 @@
 //! * [`normalize`] — scaling to `[0, 1]` and mean/std standardization.
 //! * [`split`] — [`Shard`]s of indices and deterministic train/validation/test [`Split`]s.
 //! * [`batch`] — mini-batch iteration, borrowing when it can, shuffled per epoch from a seed.
+//! * [`spec`] — [`DatasetSource`], a dataset as named in a config file, and loading it.
 //! * [`wire`] — compact, length-checked bytes of a shard for the master → worker transfer.
 //!
 //! Every loader reads through [`source::read_bounded`], so files may be
@@ -40,6 +41,7 @@ pub mod error;
 pub mod idx;
 pub mod normalize;
 pub mod source;
+pub mod spec;
 pub mod split;
 pub mod wire;
 
@@ -48,4 +50,5 @@ pub use dataset::Dataset;
 pub use error::{DataError, Result};
 pub use normalize::Standardizer;
 pub use source::Limits;
+pub use spec::DatasetSource;
 pub use split::{Shard, Split, SplitSpec};
