@@ -1,1 +1,329 @@
-//! placeholder
+//! Typed configuration: a JSON file, then `HERMES_*` environment overrides.
+//!
+//! Every binary has one config struct (in its own crate) built from the shared
+//! sections defined here. Loading goes through the `config` crate (file source,
+//! then environment source), and the merged tree is deserialized with
+//! `serde_path_to_error`, so a wrong type or an unknown field is reported as
+//! `<file>: field <path>: <what is wrong>` on one line.
+//!
+//! Environment overrides use `HERMES_` plus the field path with `__` between
+//! levels: `HERMES_WORKER_ID=w7`, `HERMES_KAFKA__BROKERS=10.0.0.2:9092`. Only
+//! variables whose first path segment names a field of the config are taken,
+//! so unrelated `HERMES_*` variables (such as `HERMES_HMAC_KEY`) never clash.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override configuration fields.
+pub const ENV_PREFIX: &str = "HERMES";
+
+/// Why a configuration could not be loaded. Each message fits on one line and
+/// names the file (and the field, where there is one).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file does not exist or cannot be read.
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON.
+    #[error("{path}: invalid JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A field has the wrong type, an unknown name, or an invalid value.
+    #[error("{path}: field `{field}`: {message}")]
+    Field {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted path of the offending field (`.` for the root).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The layered sources could not be merged (for example a bad environment override).
+    #[error("{path}: {message}")]
+    Layering {
+        /// The config file.
+        path: PathBuf,
+        /// What the `config` crate said.
+        message: String,
+    },
+}
+
+/// Loads `T` from the JSON file at `path`, then applies `HERMES_*` overrides
+/// taken from the process environment.
+pub fn load<T>(path: &Path) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+{
+    load_with_env(path, std::env::vars())
+}
+
+/// Like [`load`], with the environment given explicitly (used by tests).
+pub fn load_with_env<T, I>(path: &Path, env: I) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+    I: IntoIterator<Item = (String, String)>,
+{
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Parse once ourselves: serde_json reports line and column, which the
+    // `config` crate's JSON source does not.
+    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| ConfigError::Json {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+
+    let overrides = env_overrides::<T, I>(env);
+    let merged = ::config::Config::builder()
+        .add_source(::config::File::from_str(&text, ::config::FileFormat::Json))
+        .add_source(
+            ::config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides.into_iter().collect())),
+        )
+        .build()
+        .map_err(|e| ConfigError::Layering {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let tree: serde_json::Value =
+        merged
+            .try_deserialize()
+            .map_err(|e: ::config::ConfigError| ConfigError::Layering {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let field = e.path().to_string();
+        ConfigError::Field {
+            path: path.to_path_buf(),
+            field,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Keeps the `HERMES_*` variables whose first path segment is a top-level
+/// field of `T` (as seen in `T::default()` serialized).
+fn env_overrides<T, I>(env: I) -> BTreeMap<String, String>
+where
+    T: Serialize + Default,
+    I: IntoIterator<Item = (String, String)>,
+{
+    let fields: Vec<String> = match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let prefix = format!("{ENV_PREFIX}_");
+    env.into_iter()
+        .filter(|(name, _)| {
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                return false;
+            };
+            let first = rest.split("__").next().unwrap_or_default().to_lowercase();
+            fields.iter().any(|f| *f == first)
+        })
+        .collect()
+}
+
+/// Connection to the Kafka cluster, shared by master and worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated (`host:port,host:port`).
+    pub brokers: String,
+    /// Prefix of every topic name; topics are `<prefix>.<run id>.<stream>`.
+    pub topic_prefix: String,
+    /// Largest payload sent as one record; larger payloads are chunked.
+    /// Must stay below the broker's `message.max.bytes` (about 1 MiB by default).
+    pub chunk_bytes: usize,
+    /// Producer compression: `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    /// Partitions of the updates topic (records are keyed by sender, so one
+    /// sender's records stay in order).
+    pub update_partitions: i32,
+    /// Replication factor of the topics this run creates.
+    pub replication_factor: i32,
+    /// Largest reassembled payload accepted (bytes).
+    pub max_payload_bytes: u64,
+    /// Most bytes held by unfinished chunked transfers at once.
+    pub max_buffered_bytes: u64,
+    /// Seconds after which an unfinished chunked transfer is dropped.
+    pub reassembly_timeout_secs: u64,
+    /// Seconds to keep retrying (with backoff) while the broker is unreachable.
+    pub connect_timeout_secs: u64,
+    /// File holding the shared HMAC key; `HERMES_HMAC_KEY_FILE` / `HERMES_HMAC_KEY`
+    /// are used when unset. The key itself never lives in this file.
+    pub hmac_key_file: Option<PathBuf>,
+    /// Security settings passed to librdkafka.
+    pub security: KafkaSecurity,
+    /// Further librdkafka properties, passed through verbatim (for example
+    /// `"socket.keepalive.enable": "true"`).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: "hermes".into(),
+            chunk_bytes: 512 * 1024,
+            compression: "lz4".into(),
+            update_partitions: 3,
+            replication_factor: 1,
+            max_payload_bytes: 512 * 1024 * 1024,
+            max_buffered_bytes: 1024 * 1024 * 1024,
+            reassembly_timeout_secs: 120,
+            connect_timeout_secs: 60,
+            hmac_key_file: None,
+            security: KafkaSecurity::default(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// TLS and SASL settings for librdkafka. Secrets are named by environment
+/// variable, never stored here.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: Option<String>,
+    /// `sasl.mechanisms`, e.g. `PLAIN` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    /// `sasl.username`.
+    pub sasl_username: Option<String>,
+    /// Name of the environment variable holding `sasl.password`.
+    pub sasl_password_env: Option<String>,
+    /// `ssl.ca.location`.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// `ssl.certificate.location`.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// `ssl.key.location`.
+    pub ssl_key_location: Option<PathBuf>,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A `tracing` filter (`info`, `debug`, `common=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        worker_id: String,
+        rounds: u32,
+        kafka: KafkaConfig,
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let f = write(r#"{"worker_id": "a", "rounds": 3, "kafka": {"brokers": "x:1"}}"#);
+        let cfg: Sample = load_with_env(
+            f.path(),
+            env(&[
+                ("HERMES_WORKER_ID", "b"),
+                ("HERMES_KAFKA__BROKERS", "y:2"),
+                ("HERMES_HMAC_KEY", "ignored, not a field"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(cfg.worker_id, "b");
+        assert_eq!(cfg.rounds, 3);
+        assert_eq!(cfg.kafka.brokers, "y:2");
+        assert_eq!(cfg.kafka.chunk_bytes, KafkaConfig::default().chunk_bytes);
+    }
+
+    #[test]
+    fn numeric_override_is_parsed() {
+        let f = write(r#"{"rounds": 3}"#);
+        let cfg: Sample = load_with_env(f.path(), env(&[("HERMES_ROUNDS", "9")])).expect("loads");
+        assert_eq!(cfg.rounds, 9);
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let err = load_with_env::<Sample, _>(Path::new("/nonexistent/x.json"), env(&[]))
+            .expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("/nonexistent/x.json: cannot read"), "{msg}");
+    }
+
+    #[test]
+    fn bad_json_names_line_and_column() {
+        let f = write("{\n  \"rounds\": 3,\n  oops\n}");
+        let msg = load_with_env::<Sample, _>(f.path(), env(&[]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(msg.contains("invalid JSON at line 3"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let f = write(r#"{"kafka": {"brokerz": "x"}}"#);
+        let msg = load_with_env::<Sample, _>(f.path(), env(&[]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(msg.contains("field `kafka.brokerz`"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let f = write(r#"{"rounds": "many"}"#);
+        let msg = load_with_env::<Sample, _>(f.path(), env(&[]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(msg.contains("field `rounds`"), "{msg}");
+    }
+}

@@ -1,1 +1,189 @@
-//! placeholder
+//! The typed messages master and workers exchange, and their bincode codec.
+//!
+//! Each message travels as the payload of an [`crate::envelope::Envelope`];
+//! the envelope's kind says which enum to decode. Decoding is size-limited so
+//! a lying length prefix cannot make us allocate without bound.
+
+use bincode::Options;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Default upper bound for one decoded message (bytes).
+pub const DEFAULT_DECODE_LIMIT: u64 = 512 * 1024 * 1024;
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// bincode rejected the bytes (truncated, wrong variant, over the limit...).
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// The type that was expected.
+        what: &'static str,
+        /// The decoder's error.
+        source: bincode::Error,
+    },
+    /// The value could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// The type being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        source: bincode::Error,
+    },
+}
+
+impl ProtocolError {
+    /// Short label used as a rejection counter key.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProtocolError::Decode { .. } => "bad_payload",
+            ProtocolError::Encode { .. } => "encode_failed",
+        }
+    }
+}
+
+fn options(limit: u64) -> impl bincode::Options {
+    bincode::DefaultOptions::new()
+        .with_limit(limit)
+        .with_little_endian()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+}
+
+/// Encodes a message with bincode.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    options(u64::MAX)
+        .serialize(msg)
+        .map_err(|source| ProtocolError::Encode {
+            what: std::any::type_name::<T>(),
+            source,
+        })
+}
+
+/// Decodes a message, refusing payloads over `limit` bytes and trailing bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, ProtocolError> {
+    options(limit)
+        .deserialize(bytes)
+        .map_err(|source| ProtocolError::Decode {
+            what: std::any::type_name::<T>(),
+            source,
+        })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One tracing event from a node, for the centralized log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// When it happened (ms since the epoch).
+    pub timestamp_ms: u64,
+    /// The node that logged it (worker id or `master`).
+    pub node: String,
+    /// `ERROR`, `WARN`, `INFO`...
+    pub level: String,
+    /// The tracing target (module path).
+    pub target: String,
+    /// The rendered message with its fields.
+    pub message: String,
+}
+
+/// What a worker tells the master about itself when it joins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The worker's id (unique in the run).
+    pub worker_id: String,
+    /// Random per process start: tells a restarted worker from the old one.
+    pub incarnation: u64,
+    /// Host name of the device.
+    pub hostname: String,
+    /// CPU architecture (`x86_64`, `aarch64`...).
+    pub arch: String,
+    /// Logical CPU cores.
+    pub cores: u32,
+    /// Emulated slowdown factor (1.0 = none); stated in every report.
+    pub slowdown: f64,
+}
+
+/// Worker → master messages on the status stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StatusMessage {
+    /// A worker joins (or rejoins after a restart).
+    Register(Registration),
+    /// Periodic sign of life.
+    Heartbeat {
+        /// The worker's id.
+        worker_id: String,
+        /// The worker process's incarnation.
+        incarnation: u64,
+        /// The global version the worker trains from.
+        model_version: u64,
+    },
+    /// A worker leaves on purpose.
+    Goodbye {
+        /// The worker's id.
+        worker_id: String,
+        /// Why it leaves.
+        reason: String,
+    },
+}
+
+/// Master → workers messages on the control stream (broadcast; each says whom it is for).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlMessage {
+    /// The master accepted a registration.
+    Welcome {
+        /// The worker being welcomed.
+        worker_id: String,
+        /// The incarnation that registered.
+        incarnation: u64,
+    },
+    /// Stop working and exit.
+    Stop {
+        /// Why the run ends.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let msg = StatusMessage::Register(Registration {
+            worker_id: "w1".into(),
+            incarnation: 7,
+            hostname: "pi".into(),
+            arch: "aarch64".into(),
+            cores: 4,
+            slowdown: 2.5,
+        });
+        let bytes = encode(&msg).expect("encodes");
+        let back: StatusMessage = decode(&bytes, 1024).expect("decodes");
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn truncated_and_trailing_bytes_are_rejected() {
+        let bytes = encode(&ControlMessage::Stop { reason: "x".into() }).expect("encodes");
+        assert!(decode::<ControlMessage>(&bytes[..bytes.len() - 1], 1024).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode::<ControlMessage>(&longer, 1024).is_err());
+    }
+
+    #[test]
+    fn lying_length_prefix_is_bounded() {
+        // Variant 1 (Stop) with a string length of 2^62: must fail fast, not allocate.
+        let mut bytes = vec![1, 0, 0, 0];
+        bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let err = decode::<ControlMessage>(&bytes, 1 << 20).expect_err("rejected");
+        assert_eq!(err.reason(), "bad_payload");
+    }
+}

@@ -3,12 +3,26 @@
 //! `master --conf conf/master.json` runs training; `master deploy ...` bootstraps
 //! remote workers over SSH. This file only wires things together.
 
+// Used by the training loop (issue 4); allow until it is wired in.
+#[allow(dead_code)]
+mod aggregation;
+#[allow(dead_code)]
+mod allocation;
+mod config;
 mod deploy;
+#[allow(dead_code)]
+mod policy;
+mod run;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "master", version, about = "hermes-rs master (parameter server)")]
+#[command(
+    name = "master",
+    version,
+    about = "hermes-rs master (parameter server)"
+)]
 struct Cli {
     /// Master configuration file.
     #[arg(long, default_value = "conf/master.json", global = true)]
@@ -25,10 +39,26 @@ enum Command {
     Deploy(deploy::DeployArgs),
 }
 
-fn main() -> anyhow::Result<std::process::ExitCode> {
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("master: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Deploy(args)) => deploy::run(args),
-        Some(Command::Run) | None => Ok(std::process::ExitCode::SUCCESS),
+        Some(Command::Run) | None => {
+            let cfg: config::MasterConfig = common::config::load(&cli.conf)?;
+            cfg.validate()
+                .with_context(|| format!("{}: invalid configuration", cli.conf.display()))?;
+            let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
+            runtime.block_on(run::run(cfg))
+        }
     }
 }

@@ -1,1 +1,411 @@
-//! placeholder
+//! Kafka transport: typed `send`/`recv` over tokio, so the master and the
+//! workers never touch rdkafka directly.
+//!
+//! * [`client`] builds every librdkafka client from [`KafkaConfig`] in one place.
+//! * [`topics`] names a run's topics and creates them.
+//! * [`Transport`] produces envelopes, chunking payloads larger than
+//!   `kafka.chunk_bytes`.
+//! * [`Receiver`] consumes, verifies, reassembles and hands out complete
+//!   messages; bad records are counted by reason and skipped.
+
+pub mod client;
+pub mod metrics;
+mod receiver;
+pub mod topics;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+
+use crate::auth::HmacKey;
+use crate::chunking::{self, ChunkLimits};
+use crate::config::KafkaConfig;
+use crate::envelope::{EnvelopeCodec, MessageKind};
+use crate::protocol;
+
+pub use metrics::{MetricsSnapshot, TransportMetrics};
+pub use receiver::{Delivery, Receiver, StartAt};
+pub use topics::{TopicSpec, Topics};
+
+/// Envelope overhead allowance per record (header, ids, tag).
+const RECORD_OVERHEAD: usize = 1024;
+
+/// Errors of the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A Kafka client operation failed.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What we were doing.
+        context: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The broker could not be reached within the connect timeout.
+    #[error("kafka broker(s) `{brokers}` unreachable after {waited_secs} s: {last_error}")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        brokers: String,
+        /// How long we retried.
+        waited_secs: u64,
+        /// The last error seen.
+        last_error: String,
+    },
+    /// A topic could not be created or deleted.
+    #[error("topic `{topic}`: {message}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        message: String,
+    },
+    /// Invalid transport configuration.
+    #[error("config: {0}")]
+    Config(String),
+    /// The HMAC key could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// A payload could not be encoded or decoded.
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+}
+
+/// What one `send` put on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendReport {
+    /// The message's sequence number.
+    pub sequence: u64,
+    /// Kafka records produced (more than one when chunked).
+    pub records: usize,
+    /// Bytes produced, envelopes included.
+    pub bytes: usize,
+}
+
+/// A connection to the Kafka cluster for one node of one run.
+pub struct Transport {
+    cfg: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    codec: Arc<EnvelopeCodec>,
+    topics: Topics,
+    sender_id: String,
+    sequence: AtomicU64,
+    metrics: Arc<TransportMetrics>,
+}
+
+impl Transport {
+    /// Connects to the brokers of `cfg` as `sender_id` in run `run_id`,
+    /// retrying with exponential backoff until `kafka.connect_timeout_secs`.
+    pub async fn connect(
+        cfg: &KafkaConfig,
+        run_id: &str,
+        sender_id: &str,
+    ) -> Result<Self, TransportError> {
+        let key = crate::auth::resolve_key(cfg.hmac_key_file.as_deref())?;
+        Self::connect_with_key(cfg, run_id, sender_id, key).await
+    }
+
+    /// Like [`Transport::connect`] with an explicit HMAC key (or none).
+    pub async fn connect_with_key(
+        cfg: &KafkaConfig,
+        run_id: &str,
+        sender_id: &str,
+        key: Option<HmacKey>,
+    ) -> Result<Self, TransportError> {
+        if cfg.chunk_bytes < 1024 || cfg.chunk_bytes > 900 * 1024 {
+            return Err(TransportError::Config(format!(
+                "kafka.chunk_bytes = {} must be between 1024 and {} (below the broker's 1 MiB message.max.bytes)",
+                cfg.chunk_bytes,
+                900 * 1024
+            )));
+        }
+        let producer: FutureProducer =
+            client::producer_config(cfg, sender_id)?
+                .create()
+                .map_err(|e| TransportError::Kafka {
+                    context: "create producer".into(),
+                    source: e,
+                })?;
+        let admin: AdminClient<DefaultClientContext> = client::admin_config(cfg, sender_id)?
+            .create()
+            .map_err(|e| TransportError::Kafka {
+                context: "create admin client".into(),
+                source: e,
+            })?;
+        wait_for_broker(&producer, cfg).await?;
+        let codec = Arc::new(EnvelopeCodec::new(run_id, key, envelope_limit(cfg)));
+        tracing::info!(
+            brokers = %cfg.brokers,
+            run = run_id,
+            node = sender_id,
+            chunk_bytes = cfg.chunk_bytes,
+            compression = %cfg.compression,
+            authenticated = codec.is_authenticated(),
+            "connected to kafka (idempotent producer, acks=all)"
+        );
+        Ok(Self {
+            cfg: cfg.clone(),
+            producer,
+            admin,
+            codec,
+            topics: Topics::new(&cfg.topic_prefix, run_id),
+            sender_id: sender_id.to_string(),
+            sequence: AtomicU64::new(initial_sequence()),
+            metrics: Arc::new(TransportMetrics::default()),
+        })
+    }
+
+    /// This run's topic names.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// This node's id, the sender of every envelope it produces.
+    pub fn sender_id(&self) -> &str {
+        &self.sender_id
+    }
+
+    /// The counters of this transport and its receivers.
+    pub fn metrics(&self) -> &Arc<TransportMetrics> {
+        &self.metrics
+    }
+
+    /// The Kafka settings this transport was built from.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.cfg
+    }
+
+    /// A topic spec with this config's defaults.
+    pub fn topic_spec(&self, name: String, partitions: i32) -> TopicSpec {
+        TopicSpec {
+            name,
+            partitions,
+            replication: self.cfg.replication_factor,
+            max_message_bytes: self.cfg.chunk_bytes + RECORD_OVERHEAD * 2,
+        }
+    }
+
+    /// Creates the run-wide topics (idempotent).
+    pub async fn create_run_topics(&self) -> Result<(), TransportError> {
+        let t = &self.topics;
+        let specs = vec![
+            self.topic_spec(t.control(), 1),
+            self.topic_spec(t.model(), 1),
+            self.topic_spec(t.updates(), self.cfg.update_partitions.max(1)),
+            self.topic_spec(t.status(), 1),
+            self.topic_spec(t.logs(), 1),
+        ];
+        topics::create_topics(&self.admin, &specs).await
+    }
+
+    /// Creates arbitrary topics (idempotent).
+    pub async fn create_topics(&self, specs: &[TopicSpec]) -> Result<(), TransportError> {
+        topics::create_topics(&self.admin, specs).await
+    }
+
+    /// Deletes topics (used to start a run with a clean slate).
+    pub async fn delete_topics(&self, names: &[String]) -> Result<(), TransportError> {
+        topics::delete_topics(&self.admin, names).await
+    }
+
+    /// Serializes `msg` with bincode and sends it (see [`Transport::send_payload`]).
+    pub async fn send<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        kind: MessageKind,
+        msg: &T,
+    ) -> Result<SendReport, TransportError> {
+        let payload = protocol::encode(msg)?;
+        self.send_payload(topic, key, kind, &payload).await
+    }
+
+    /// Sends `payload` to `topic` with record key `key` (records with the same
+    /// key keep their order). Payloads above `kafka.chunk_bytes` are split
+    /// into chunks that the [`Receiver`] reassembles. Returns once every
+    /// record is acknowledged by the broker.
+    pub async fn send_payload(
+        &self,
+        topic: &str,
+        key: &str,
+        kind: MessageKind,
+        payload: &[u8],
+    ) -> Result<SendReport, TransportError> {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        if payload.len() <= self.cfg.chunk_bytes {
+            let record = self
+                .codec
+                .try_encode_parts(kind, &self.sender_id, sequence, &[payload])
+                .map_err(|e| TransportError::Config(format!("cannot encode record: {e}")))?;
+            let bytes = record.len();
+            self.produce(topic, key, &record).await?;
+            return Ok(SendReport {
+                sequence,
+                records: 1,
+                bytes,
+            });
+        }
+        // Chunks are encoded and enqueued in order, then awaited together, so
+        // a large transfer streams at the producer's pace rather than one
+        // round trip per chunk.
+        let mut pending = Vec::new();
+        let mut bytes = 0;
+        let mut chunks = chunking::chunks(payload, self.cfg.chunk_bytes, kind);
+        while let Some(chunk) = chunks.next_ref() {
+            let header = chunk.header_bytes();
+            let record = self
+                .codec
+                .try_encode_parts(
+                    MessageKind::Chunk,
+                    &self.sender_id,
+                    sequence,
+                    &[&header, chunk.data],
+                )
+                .map_err(|e| TransportError::Config(format!("cannot encode record: {e}")))?;
+            bytes += record.len();
+            pending.push(self.produce_owned(topic.to_string(), key.to_string(), record));
+        }
+        let records = pending.len();
+        for result in futures::future::join_all(pending).await {
+            result?;
+        }
+        Ok(SendReport {
+            sequence,
+            records,
+            bytes,
+        })
+    }
+
+    async fn produce(&self, topic: &str, key: &str, record: &[u8]) -> Result<(), TransportError> {
+        let result = self
+            .producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(record),
+                Timeout::After(Duration::from_secs(60)),
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                self.metrics.sent(record.len());
+                Ok(())
+            }
+            Err((e, _)) => Err(TransportError::Kafka {
+                context: format!("produce to `{topic}`"),
+                source: e,
+            }),
+        }
+    }
+
+    async fn produce_owned(
+        &self,
+        topic: String,
+        key: String,
+        record: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        self.produce(&topic, &key, &record).await
+    }
+
+    /// Waits until every produced record is acknowledged (call before exit).
+    pub fn flush(&self, timeout: Duration) -> Result<(), TransportError> {
+        self.producer
+            .flush(Timeout::After(timeout))
+            .map_err(|e| TransportError::Kafka {
+                context: "flush producer".into(),
+                source: e,
+            })
+    }
+
+    /// A receiver on `topics` (all partitions, assigned manually), storing
+    /// committed offsets under `group`.
+    pub async fn receiver(
+        &self,
+        topics: &[String],
+        group: &str,
+        start: StartAt,
+    ) -> Result<Receiver, TransportError> {
+        Receiver::new(
+            &self.cfg,
+            &format!("{}-rx", self.sender_id),
+            group,
+            topics,
+            start,
+            Arc::clone(&self.codec),
+            chunk_limits(&self.cfg),
+            Arc::clone(&self.metrics),
+        )
+        .await
+    }
+}
+
+/// Largest envelope payload a single record may carry.
+fn envelope_limit(cfg: &KafkaConfig) -> usize {
+    cfg.chunk_bytes + RECORD_OVERHEAD
+}
+
+/// Reassembly limits from config.
+fn chunk_limits(cfg: &KafkaConfig) -> ChunkLimits {
+    ChunkLimits {
+        max_transfer_bytes: cfg.max_payload_bytes,
+        max_buffered_bytes: cfg.max_buffered_bytes,
+        max_chunk_data_bytes: cfg.chunk_bytes,
+        timeout: Duration::from_secs(cfg.reassembly_timeout_secs),
+        ..ChunkLimits::default()
+    }
+}
+
+/// Sequence numbers start from the wall clock (µs), so a restarted node's
+/// sequences never repeat its earlier ones and the master's at-most-once
+/// ledger stays correct across restarts.
+fn initial_sequence() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Retries a metadata request with exponential backoff until it succeeds or
+/// `connect_timeout_secs` pass.
+async fn wait_for_broker(
+    producer: &FutureProducer,
+    cfg: &KafkaConfig,
+) -> Result<(), TransportError> {
+    let started = Instant::now();
+    let deadline = Duration::from_secs(cfg.connect_timeout_secs);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let client = producer.clone();
+        let attempt = tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(None, Timeout::After(Duration::from_secs(5)))
+                .map(|_| ())
+        })
+        .await;
+        let err = match attempt {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() >= deadline {
+            return Err(TransportError::Unreachable {
+                brokers: cfg.brokers.clone(),
+                waited_secs: started.elapsed().as_secs(),
+                last_error: err,
+            });
+        }
+        tracing::warn!(
+            brokers = %cfg.brokers,
+            retry_in_ms = backoff.as_millis() as u64,
+            "kafka broker not reachable yet: {err}"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,186 @@
+//! Topic names of a run and their creation through the admin API.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+use super::TransportError;
+
+/// The streams of a run (DESIGN §2). Topic names are
+/// `<prefix>.<run id>.<stream>`, with `shard.<worker>` per worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    /// Topic names for `run_id` under `prefix`. Characters Kafka does not
+    /// allow in topic names are replaced by `_`.
+    pub fn new(prefix: &str, run_id: &str) -> Self {
+        Self {
+            base: format!("{}.{}", sanitize(prefix), sanitize(run_id)),
+        }
+    }
+
+    /// Master → workers: start/stop/config, broadcast.
+    pub fn control(&self) -> String {
+        format!("{}.control", self.base)
+    }
+
+    /// Master → workers: global weights, versioned, chunked.
+    pub fn model(&self) -> String {
+        format!("{}.model", self.base)
+    }
+
+    /// Master → one worker: its data shards.
+    pub fn shard(&self, worker_id: &str) -> String {
+        format!("{}.shard.{}", self.base, sanitize(worker_id))
+    }
+
+    /// Workers → master: weight deltas.
+    pub fn updates(&self) -> String {
+        format!("{}.updates", self.base)
+    }
+
+    /// Workers → master: registration, heartbeats, round reports.
+    pub fn status(&self) -> String {
+        format!("{}.status", self.base)
+    }
+
+    /// Workers → master: tracing events for the centralized log.
+    pub fn logs(&self) -> String {
+        format!("{}.logs", self.base)
+    }
+
+    /// The run-wide topics (everything but the per-worker shard topics).
+    pub fn run_topics(&self) -> Vec<String> {
+        vec![
+            self.control(),
+            self.model(),
+            self.updates(),
+            self.status(),
+            self.logs(),
+        ]
+    }
+}
+
+/// Kafka topic names allow `[a-zA-Z0-9._-]`, at most 249 characters.
+fn sanitize(part: &str) -> String {
+    part.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect()
+}
+
+/// A topic to create and its settings.
+#[derive(Clone, Debug)]
+pub struct TopicSpec {
+    /// The topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication: i32,
+    /// Largest record the broker accepts on this topic (`max.message.bytes`).
+    pub max_message_bytes: usize,
+}
+
+/// Creates the topics that do not exist yet; existing ones are left alone.
+pub async fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    specs: &[TopicSpec],
+) -> Result<(), TransportError> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let sizes: Vec<String> = specs
+        .iter()
+        .map(|s| s.max_message_bytes.to_string())
+        .collect();
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .zip(&sizes)
+        .map(|(s, size)| {
+            NewTopic::new(
+                &s.name,
+                s.partitions,
+                TopicReplication::Fixed(s.replication),
+            )
+            .set("max.message.bytes", size)
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(|e| TransportError::Kafka {
+                context: "create topics".into(),
+                source: e,
+            })?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(TransportError::Topic {
+                    topic,
+                    message: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes topics (missing ones are ignored).
+pub async fn delete_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[String],
+) -> Result<(), TransportError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(&refs, &opts)
+        .await
+        .map_err(|e| TransportError::Kafka {
+            context: "delete topics".into(),
+            source: e,
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => {
+                return Err(TransportError::Topic {
+                    topic,
+                    message: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_sanitized() {
+        let t = Topics::new("hermes", "run 1/a");
+        assert_eq!(t.control(), "hermes.run_1_a.control");
+        assert_eq!(t.shard("w:1"), "hermes.run_1_a.shard.w_1");
+        assert_eq!(t.run_topics().len(), 5);
+    }
+}
