@@ -167,7 +167,7 @@ fn decode_key_text(mut content: Vec<u8>) -> Vec<u8> {
         content.pop();
     }
     let is_hex = !content.is_empty()
-        && content.len() % 2 == 0
+        && content.len().is_multiple_of(2)
         && content.iter().all(|b| b.is_ascii_hexdigit());
     if !is_hex {
         return content;

@@ -1144,14 +1144,15 @@ mod tests {
         let p = payload(1000, 14);
         let chunks = split(&p, 250, MessageKind::Model);
         let now = Instant::now();
-        let cases: [(&str, fn(&mut Chunk)); 4] = [
+        type Mutation = (&'static str, fn(&mut Chunk));
+        let cases: [Mutation; 4] = [
             ("count", |c| {
                 // Another valid geometry: 1000 bytes in 5 chunks of 200.
                 c.count = 5;
                 c.data.truncate(200);
             }),
             ("total_len", |c| {
-                // 4 chunks of 250 still valid for 999 bytes? 250*3 < 999: yes.
+                // 999 bytes in 4 chunks is still 250-byte chunks (750 < 999).
                 c.total_len = 999;
                 if c.index == 3 {
                     c.data.pop();
