@@ -12,6 +12,9 @@ use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, Session};
 
+/// Text every host-key-mismatch error starts with.
+pub const MISMATCH_MARK: &str = "HOST KEY MISMATCH";
+
 /// What the verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verified {

@@ -4,12 +4,13 @@
 //! bar; one host failing never stops the others. A results table is printed
 //! at the end and the exit code is non-zero when any host failed.
 //!
-//! Module map: [`inventory`] (the `cluster.json` file), [`hostkey`]
+//! Module map: [`arch`] (wrong-CPU check), [`inventory`] (the `cluster.json` file), [`hostkey`]
 //! (known_hosts checks), [`session`] (connect, authenticate, run commands),
 //! [`upload`] (checksum-aware atomic SFTP upload), [`remote`] (the worker
 //! process on the host), [`workerconf`] (per-host worker config), [`report`]
 //! (results table, master heartbeat file).
 
+pub mod arch;
 pub mod hostkey;
 pub mod inventory;
 pub mod remote;
@@ -153,6 +154,7 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             .collect()
     });
     let _ = progress.clear();
+    warn_key_mismatches(&results);
 
     print_results(args.action, &results);
     if results.iter().all(|r| r.ok) {
@@ -390,6 +392,8 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
         .ok_or_else(|| anyhow!("internal: nothing prepared for upload"))?;
     let (remote, layout) = connect(ctx, host, bar)?;
     let files = set.files_for(host, &layout)?;
+    let uname = remote.exec_ok("uname -m")?;
+    arch::check(&files[0].local.content, &uname)?;
     bar.set_message(format!("preparing {}", layout.dir.display()));
     upload::ensure_dir(&remote, &layout.lib_dir())?;
     let sftp = remote.sftp()?;
@@ -512,6 +516,26 @@ fn host_logs(
         ],
         text: Some(text),
     })
+}
+
+/// Prints an OpenSSH-style banner on stderr for every host whose key changed.
+fn warn_key_mismatches(results: &[HostResult]) {
+    for result in results.iter().filter(|r| !r.ok) {
+        if result
+            .cells
+            .iter()
+            .any(|c| c.contains(hostkey::MISMATCH_MARK))
+        {
+            eprintln!(
+                "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+                 @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+                 @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n\
+                 Host {} ({}:{}) offered a key that differs from known_hosts.\n\
+                 Nothing was sent to it. See the table below for details.",
+                result.host.name, result.host.address, result.host.port
+            );
+        }
+    }
 }
 
 fn print_results(action: Action, results: &[HostResult]) {

@@ -134,8 +134,12 @@ pub fn explain_early_exit(tail: &str) -> String {
         .map_or(0, |i| i + 1);
     let last = lines[from..].join(" | ");
     let lower = last.to_ascii_lowercase();
+    // glibc's execvp hands an ELF it cannot run to /bin/sh, which then fails on it.
+    let elf_as_script =
+        lower.contains("elf") && (lower.contains("not found") || lower.contains("syntax error"));
     let reason = if lower.contains("exec format error")
         || lower.contains("cannot execute binary file")
+        || elf_as_script
     {
         "binary not executable on this host: exec format error (built for another \
          architecture? set `binary` for this host to a matching build)"
@@ -227,6 +231,8 @@ mod tests {
     #[test]
     fn early_exit_reasons() {
         let m = explain_early_exit("nohup: failed to run command './worker': Exec format error\n");
+        assert!(m.contains("exec format error"), "{m}");
+        let m = explain_early_exit("/opt/h/worker: 1: \u{7f}ELF\u{2}: not found\n");
         assert!(m.contains("exec format error"), "{m}");
         let m = explain_early_exit("./worker: error while loading shared libraries: libx.so\n");
         assert!(m.contains("shared libraries"), "{m}");
