@@ -13,6 +13,7 @@ Runtime.  A training-only operator without a recipe stops the lowering with an
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -269,23 +270,87 @@ def _conv_grad(e: _Emitter, node: onnx.NodeProto, ctx) -> None:
         e.op("Slice", [full, e.const([0] * r, np.int64), ends, e.const(spatial_axes, np.int64)], h, outputs=[dx_out])
 
     if dw_out:
-        c_per_group = w_shape[1]
-        if group == 1:
-            xt = e.op("Transpose", [x], h, perm=perm_swap)
+        if CONV_WEIGHT_GRAD == "im2col":
+            _conv_weight_grad_im2col(e, h, x, dy, dw_out, w_shape, strides, dilations, pads, group)
         else:
-            x4 = e.op("Reshape", [x, e.const([0, group, c_per_group, -1], np.int64)], h)
-            x4t = e.op("Transpose", [x4], h, perm=[2, 1, 0, 3])
-            spatial = e.op("Shape", [x], h, start=2)
-            new_shape = e.op("Concat", [e.const([c_per_group, -1], np.int64), spatial], h, axis=0)
-            xt = e.op("Reshape", [x4t, new_shape], h)
-        dyt = e.op("Transpose", [dy], h, perm=perm_swap)
-        full_w = e.op("Conv", [xt, dyt], h, strides=dilations, dilations=strides, pads=pads, group=group)
-        sliced = e.op(
-            "Slice",
-            [full_w, e.const([0] * r, np.int64), e.const(kernel, np.int64), e.const(spatial_axes, np.int64)],
-            h,
-        )
-        e.op("Transpose", [sliced], h, outputs=[dw_out], perm=perm_swap)
+            _conv_weight_grad_conv(e, h, x, dy, dw_out, w_shape, strides, dilations, pads, group)
+
+
+#: How ConvGrad's dW is lowered: "im2col" (shifted slices + one Gemm per group) or "conv" (the LOWERING.md recipe: a Conv of the
+#: transposed input by the transposed output gradient).
+CONV_WEIGHT_GRAD = "im2col"
+
+
+def _conv_weight_grad_conv(e: _Emitter, h, x, dy, dw_out, w_shape, strides, dilations, pads, group) -> None:
+    """dW = Conv(X^T, dY^T) with strides and dilations swapped, sliced to the kernel size."""
+    r = len(w_shape) - 2
+    kernel = w_shape[2:]
+    spatial_axes = list(range(2, 2 + r))
+    perm_swap = [1, 0, *spatial_axes]
+    c_per_group = w_shape[1]
+    if group == 1:
+        xt = e.op("Transpose", [x], h, perm=perm_swap)
+    else:
+        x4 = e.op("Reshape", [x, e.const([0, group, c_per_group, -1], np.int64)], h)
+        x4t = e.op("Transpose", [x4], h, perm=[2, 1, 0, 3])
+        spatial = e.op("Shape", [x], h, start=2)
+        new_shape = e.op("Concat", [e.const([c_per_group, -1], np.int64), spatial], h, axis=0)
+        xt = e.op("Reshape", [x4t, new_shape], h)
+    dyt = e.op("Transpose", [dy], h, perm=perm_swap)
+    full_w = e.op("Conv", [xt, dyt], h, strides=dilations, dilations=strides, pads=pads, group=group)
+    sliced = e.op(
+        "Slice",
+        [full_w, e.const([0] * r, np.int64), e.const(kernel, np.int64), e.const(spatial_axes, np.int64)],
+        h,
+    )
+    e.op("Transpose", [sliced], h, outputs=[dw_out], perm=perm_swap)
+
+
+def _conv_weight_grad_im2col(e: _Emitter, h, x, dy, dw_out, w_shape, strides, dilations, pads, group) -> None:
+    """dW[m, c, i] = sum_{n, o} dY[n, m, o] * Xpad[n, c, o*s + i*d] as one batched MatMul.
+
+    X is padded and transposed to [C, N, S...]; for every kernel offset i a strided
+    Slice gives [C, N, O...] = [g, Cg, K] (K = N * prod(O)); concatenated over the
+    offsets: cols [g, kk*Cg, K].  dY becomes [M, K]; per group one
+    Gemm(dY_g, cols_g^T) -> [Mg, kk*Cg], rearranged to [M, Cg, k...].
+    """
+    r = len(w_shape) - 2
+    m_out, c_per_group, kernel = w_shape[0], w_shape[1], w_shape[2:]
+    m_per_group = m_out // group
+    spatial_axes = list(range(2, 2 + r))
+    xin = x
+    if any(pads):
+        xin = e.op("Pad", [x, e.const([0, 0, *pads[:r], 0, 0, *pads[r:]], np.int64)], h, mode="constant")
+    xt = e.op("Transpose", [xin], h, perm=[1, 0, *spatial_axes])
+    out_size = e.op("Shape", [dy], h, start=2)
+    # span of one strided slice: (O - 1) * s + 1
+    span = e.op("Add", [e.op("Mul", [e.op("Sub", [out_size, e.const([1] * r, np.int64)], h),
+                                     e.const(strides, np.int64)], h), e.const([1] * r, np.int64)], h)
+    cols = []
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        starts = [i * d for i, d in zip(offset, dilations)]
+        ends = e.op("Add", [span, e.const(starts, np.int64)], h)
+        piece = e.op("Slice", [xt, e.const(starts, np.int64), ends, e.const(spatial_axes, np.int64),
+                               e.const(strides, np.int64)], h)
+        cols.append(e.op("Reshape", [piece, e.const([group, c_per_group, -1], np.int64)], h))
+    stacked = cols[0] if len(cols) == 1 else e.op("Concat", cols, h, axis=1)  # [g, kk*Cg, K]
+    dy_t = e.op("Transpose", [dy], h, perm=[1, 0, *spatial_axes])  # [M, N, O...]
+    dy_k = e.op("Reshape", [dy_t, e.const([m_out, -1], np.int64)], h)  # [M, K]
+    kk = int(np.prod(kernel))
+    if group == 1:
+        cols2 = e.op("Reshape", [stacked, e.const([kk * c_per_group, -1], np.int64)], h)
+        prod = e.op("Gemm", [dy_k, cols2], h, transB=1)  # [M, kk*Cg]
+    else:
+        col_parts = e.op("Split", [stacked], h, outputs=[e.fresh(f"{h}/cols_g") for _ in range(group)], axis=0)
+        dy_parts = e.op("Split", [dy_k], h, outputs=[e.fresh(f"{h}/dy_g") for _ in range(group)], axis=0)
+        pieces = []
+        for cp, dp in zip(col_parts, dy_parts):
+            c2 = e.op("Reshape", [cp, e.const([kk * c_per_group, -1], np.int64)], h)
+            pieces.append(e.op("Gemm", [dp, c2], h, transB=1))  # [Mg, kk*Cg]
+        prod = e.op("Concat", pieces, h, axis=0)  # [M, kk*Cg]
+    prod3 = e.op("Reshape", [prod, e.const([m_out, kk, c_per_group], np.int64)], h)
+    prod_t = e.op("Transpose", [prod3], h, perm=[0, 2, 1])  # [M, Cg, kk]
+    e.op("Reshape", [prod_t, e.const([m_out, c_per_group, *kernel], np.int64)], h, outputs=[dw_out])
 
 
 def _maxpool_grad(e: _Emitter, node: onnx.NodeProto, ctx) -> None:

@@ -77,3 +77,32 @@ def test_parity_check_can_fail(built):
     out = run_stock("run", b.training, feeds)
     g = b.manifest["train_outputs"]["gradients"][0]
     assert rel_err(out[g["output"]], ref_grads[g["parameter"]]) > REL_TOL
+
+
+@pytest.mark.parametrize("variant", ["im2col", "conv"])
+def test_both_conv_weight_gradient_recipes_match(built, variant, monkeypatch, tmp_path):
+    """ConvGrad's dW has two recipes (lowering.CONV_WEIGHT_GRAD); both must match the reference."""
+    import onnx
+
+    from hermes_artifacts import lowering
+
+    b = built("cnn_grouped")
+    monkeypatch.setattr(lowering, "CONV_WEIGHT_GRAD", variant)
+    lowered = lowering.lower_training_model(onnx.load(str(b.path / "training_model.onnx")))
+    ops = {n.op_type for n in lowered.model.graph.node}
+    assert ("Gemm" in ops and "Split" in ops) if variant == "im2col" else ("Split" not in ops)
+    graph = tmp_path / "training_lowered.onnx"
+    onnx.save(lowered.model, str(graph))
+    trainer = ReferenceTrainer(b.path, b.manifest)
+    inputs, labels = make_batch(b.manifest, 9, 21, ignored=1)
+    params = _random_parameters(b, 21)
+    trainer.set_parameters(params)
+    ref_loss, ref_grads = trainer.train_step(inputs, labels)
+    feeds = dict(inputs)
+    feeds["labels"] = labels
+    feeds.update(params)
+    out = run_stock("run", graph, feeds)
+    errs = {p: rel_err(out[g], ref_grads[p]) for p, g in lowered.gradients}
+    errs["loss"] = rel_err(out[lowered.loss_output], np.float32(ref_loss))
+    print(f"cnn_grouped dW recipe {variant}: max rel err {max(errs.values()):.3g}")
+    assert max(errs.values()) <= REL_TOL, errs
