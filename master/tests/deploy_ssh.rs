@@ -395,3 +395,54 @@ fn inventory_with_password_is_rejected() {
     assert!(run.stderr.contains("--ask-password"), "{}", run.stderr);
     assert!(!run.stderr.contains("hunter2"), "the password was echoed");
 }
+
+/// Unmounts a tmpfs on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_remote_disk_is_reported() {
+    let lab = Lab::new(1);
+    lab.trust(&[0]);
+    // The remote directory is a 256 KiB tmpfs; the "binary" is 1 MiB.
+    let remote_dir = lab.servers[0].remote_dir.clone();
+    std::fs::create_dir_all(&remote_dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&remote_dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mount(remote_dir.clone());
+    let mut big = support::FAKE_WORKER.as_bytes().to_vec();
+    big.extend(std::iter::repeat_n(b'#', 1024 * 1024));
+    std::fs::write(lab.path("big-worker.sh"), big).unwrap();
+    let cluster = lab.write_cluster_with(
+        vec![lab.host_entry(0)],
+        lab.path("big-worker.sh"),
+        lab.path("libonnxruntime.so"),
+    );
+    let up = lab.deploy(&cluster, &["up"]);
+    assert_eq!(up.code, 1);
+    let row = up.row("host0");
+    assert!(row.contains("remote disk full"), "{row}");
+    assert!(row.contains("uploading the worker"), "{row}");
+    // The partial temp file was removed and nothing was started.
+    let leftovers: Vec<_> = std::fs::read_dir(&remote_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n != "lib")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(lab.servers[0].worker_pid().is_none());
+}

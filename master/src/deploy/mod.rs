@@ -406,7 +406,7 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
         bar.set_position(0);
         bar.set_message(spec.label);
         let outcome = upload::sync_file(&remote, &sftp, spec, &mut |n| bar.set_position(n))
-            .with_context(|| format!("{}", spec.label))?;
+            .with_context(|| format!("uploading the {}", spec.label))?;
         match outcome {
             Outcome::Unchanged => unchanged.push(spec.label),
             Outcome::Uploaded(n) => {

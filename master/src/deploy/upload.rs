@@ -82,8 +82,10 @@ pub fn sync_file(
     }
     let tmp = temp_name(&spec.remote);
     if let Err(e) = write_file(sftp, &tmp, spec, progress) {
+        // Measure free space while the partial file still fills the disk.
+        let e = explain_write_error(remote, &spec.remote, e);
         let _ = sftp.unlink(&tmp);
-        return Err(explain_write_error(remote, &spec.remote, e));
+        return Err(e);
     }
     let rename = format!("mv -f {} {}", quote_path(&tmp), quote_path(&spec.remote));
     if let Err(e) = remote.exec_ok(&rename) {
@@ -152,7 +154,7 @@ fn explain_write_error(remote: &Remote, target: &Path, e: anyhow::Error) -> anyh
         .map(|o| o.stdout);
     match df.as_deref().and_then(available_kib) {
         Some(avail) if avail < 1024 => e.context(format!(
-            "remote disk full: only {avail} KiB free on the filesystem of {}",
+            "remote disk full: {avail} KiB left on the filesystem of {} (df)",
             dir.display()
         )),
         Some(avail) => e.context(format!(
