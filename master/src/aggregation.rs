@@ -24,11 +24,14 @@
 //! # Admission
 //!
 //! [`admit_update`] rejects, with a typed [`RejectReason`], a duplicate
-//! (worker, sequence), a wrong parameter count, non-finite values or loss, a
+//! (worker, incarnation, sequence), a wrong parameter count, non-finite values or loss, a
 //! base version from the future, no samples, and staleness beyond
 //! `max_staleness`. The run id is checked by the transport before this.
-//! [`UpdateLedger`] remembers every admitted (worker, sequence) and records
-//! each applied update with its weight and the version it produced.
+//! [`UpdateLedger`] remembers every admitted (worker, incarnation, sequence)
+//! and records each applied update with its weight and the version it
+//! produced. The incarnation (random per worker process start, from the
+//! registration) keeps a restarted worker, whose sequence numbers start
+//! again, from being refused as a duplicate.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -163,7 +166,7 @@ pub enum RejectReason {
         /// The configured bound.
         bound: u64,
     },
-    /// This (worker, sequence) was admitted before.
+    /// This (worker, incarnation, sequence) was admitted before.
     Duplicate,
     /// Based on a version the master has not produced yet.
     FutureVersion {
@@ -203,7 +206,10 @@ impl fmt::Display for RejectReason {
                     "delta is {staleness} versions stale, the bound is {bound}"
                 )
             }
-            Self::Duplicate => write!(f, "this (worker, sequence) was already admitted"),
+            Self::Duplicate => write!(
+                f,
+                "this (worker, incarnation, sequence) was already admitted"
+            ),
             Self::FutureVersion { base, current } => {
                 write!(
                     f,
@@ -220,9 +226,10 @@ impl std::error::Error for RejectReason {}
 /// What [`admit_update`] needs to know about an incoming update.
 #[derive(Debug, Clone, Copy)]
 pub struct UpdateHeader<'a> {
-    /// Sending worker. If a restarted worker restarts its sequence numbers, include
-    /// its incarnation here (e.g. `"w1#<session>"`), or its updates look like duplicates.
+    /// Sending worker.
     pub worker: &'a str,
+    /// The worker process's incarnation (from its registration).
+    pub incarnation: u64,
     /// The worker's sequence number of this update.
     pub sequence: u64,
     /// The global version the delta was computed against.
@@ -234,7 +241,7 @@ pub struct UpdateHeader<'a> {
 }
 
 /// Checks an update against the current version and the model size, then admits
-/// its (worker, sequence) into the ledger. Returns the staleness on success.
+/// its (worker, incarnation, sequence) into the ledger. Returns the staleness on success.
 /// A rejected update is not admitted, so it stays rejected if delivered again.
 pub fn admit_update(
     config: &AggregationConfig,
@@ -244,7 +251,7 @@ pub fn admit_update(
     header: &UpdateHeader<'_>,
     delta: &[f32],
 ) -> Result<u64, RejectReason> {
-    if ledger.contains(header.worker, header.sequence) {
+    if ledger.contains(header.worker, header.incarnation, header.sequence) {
         return Err(RejectReason::Duplicate);
     }
     if delta.len() != parameter_count {
@@ -272,9 +279,11 @@ pub fn admit_update(
             bound: config.max_staleness,
         });
     }
-    ledger
-        .admitted
-        .insert((header.worker.to_string(), header.sequence));
+    ledger.admitted.insert((
+        header.worker.to_string(),
+        header.incarnation,
+        header.sequence,
+    ));
     Ok(staleness)
 }
 
@@ -283,6 +292,8 @@ pub fn admit_update(
 pub struct LedgerEntry {
     /// The worker that sent it.
     pub worker: String,
+    /// The worker process's incarnation.
+    pub incarnation: u64,
     /// Its sequence number.
     pub sequence: u64,
     /// The version its delta was based on.
@@ -297,10 +308,10 @@ pub struct LedgerEntry {
     pub applied_version: u64,
 }
 
-/// Every admitted (worker, sequence) and every applied update.
+/// Every admitted (worker, incarnation, sequence) and every applied update.
 #[derive(Debug, Default)]
 pub struct UpdateLedger {
-    admitted: HashSet<(String, u64)>,
+    admitted: HashSet<(String, u64, u64)>,
     applied: Vec<LedgerEntry>,
 }
 
@@ -310,11 +321,12 @@ impl UpdateLedger {
         Self::default()
     }
 
-    /// Whether this (worker, sequence) was admitted already.
-    pub fn contains(&self, worker: &str, sequence: u64) -> bool {
-        // Allocation-free lookup is not possible with a (String, u64) key; updates
-        // are rare (one per major round), so the clone is irrelevant.
-        self.admitted.contains(&(worker.to_string(), sequence))
+    /// Whether this (worker, incarnation, sequence) was admitted already.
+    pub fn contains(&self, worker: &str, incarnation: u64, sequence: u64) -> bool {
+        // A tuple key holding a String cannot be looked up by &str; updates are
+        // rare (one per major round), so the clone is irrelevant.
+        self.admitted
+            .contains(&(worker.to_string(), incarnation, sequence))
     }
 
     /// Records an applied update.
@@ -485,6 +497,7 @@ mod tests {
     fn header(worker: &str, sequence: u64, base_version: u64) -> UpdateHeader<'_> {
         UpdateHeader {
             worker,
+            incarnation: 1,
             sequence,
             base_version,
             samples: 100,
@@ -505,12 +518,20 @@ mod tests {
             admit_update(&c, &mut ledger, 6, 3, &header("w1", 7, 3), &delta),
             Err(RejectReason::Duplicate)
         );
-        // Same sequence from another worker is a different update.
+        // Same sequence from another worker, or from a restarted w1, is a different update.
         assert_eq!(
             admit_update(&c, &mut ledger, 6, 3, &header("w2", 7, 6), &delta),
             Ok(0)
         );
-        assert_eq!(ledger.admitted_count(), 2);
+        let restarted = UpdateHeader {
+            incarnation: 2,
+            ..header("w1", 7, 6)
+        };
+        assert_eq!(
+            admit_update(&c, &mut ledger, 6, 3, &restarted, &delta),
+            Ok(0)
+        );
+        assert_eq!(ledger.admitted_count(), 3);
     }
 
     #[test]

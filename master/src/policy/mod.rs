@@ -66,6 +66,8 @@ pub struct PolicyContext<'a> {
 pub struct AcceptedUpdate {
     /// Sending worker.
     pub worker: String,
+    /// The worker process's incarnation.
+    pub incarnation: u64,
     /// The worker's sequence number of the update.
     pub sequence: u64,
     /// The global version the delta was computed against.
@@ -83,6 +85,8 @@ pub struct AcceptedUpdate {
 pub struct AppliedUpdate {
     /// Sending worker.
     pub worker: String,
+    /// The worker process's incarnation.
+    pub incarnation: u64,
     /// The worker's sequence number of the update.
     pub sequence: u64,
     /// The version the delta was based on.
@@ -100,6 +104,7 @@ impl AppliedUpdate {
     pub fn ledger_entry(&self, applied_version: u64) -> LedgerEntry {
         LedgerEntry {
             worker: self.worker.clone(),
+            incarnation: self.incarnation,
             sequence: self.sequence,
             base_version: self.base_version,
             staleness: self.staleness,
@@ -201,6 +206,7 @@ fn apply_updates(
             let (weight, damping) = weigh(u, staleness);
             AppliedUpdate {
                 worker: u.worker.clone(),
+                incarnation: u.incarnation,
                 sequence: u.sequence,
                 base_version: u.base_version,
                 staleness,
@@ -243,6 +249,7 @@ pub(crate) mod test_support {
     ) -> AcceptedUpdate {
         AcceptedUpdate {
             worker: worker.to_string(),
+            incarnation: 1,
             sequence,
             base_version,
             samples: 100,
@@ -302,6 +309,7 @@ mod tests {
     fn ledger_entry_carries_the_applied_version() {
         let a = AppliedUpdate {
             worker: "w".into(),
+            incarnation: 1,
             sequence: 4,
             base_version: 2,
             staleness: 1,
