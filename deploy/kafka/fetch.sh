@@ -41,7 +41,7 @@ tmp="$(mktemp -d "$here/.lib.tmp.XXXXXX")"
 log="$tmp.log"
 trap 'rm -rf "$tmp" "$log"' EXIT
 
-if ! mvn -B -q -f "$pom" -Dkafka.version="$version" \
+if ! mvn -B -q -Dstyle.color=never -f "$pom" -Dkafka.version="$version" \
         dependency:copy-dependencies -DincludeScope=runtime \
         -DoutputDirectory="$tmp" >"$log" 2>&1 8<&-; then
     cat "$log" >&2
