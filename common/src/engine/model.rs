@@ -321,37 +321,37 @@ fn open_graph(
 /// static shapes, and that every manifest input and parameter is used.
 fn plan_feeds(session: &Session, manifest: &Manifest) -> std::result::Result<Vec<Feed>, String> {
     let mut feeds = Vec::with_capacity(session.inputs().len());
+    let mut unknown = Vec::new();
     for input in session.inputs() {
         let name = input.name();
-        let (feed, dtype, shape, what) = if let Some(i) =
-            manifest.inputs.iter().position(|s| s.name == name)
-        {
-            let spec: &TensorSpec = &manifest.inputs[i];
-            (
-                Feed::Data(i),
-                TensorElementType::Float32,
-                spec.shape.clone(),
-                "data input",
-            )
-        } else if manifest.label.name == name {
-            (
-                Feed::Label,
-                TensorElementType::Int64,
-                vec![-1],
-                "label input",
-            )
-        } else if let Some(j) = manifest.parameters.iter().position(|p| p.name == name) {
-            (
-                Feed::Parameter(j),
-                TensorElementType::Float32,
-                manifest.parameters[j].shape.clone(),
-                "parameter",
-            )
-        } else {
-            return Err(format!(
-                "graph input `{name}` is not in the manifest (neither a data input, the label, nor a parameter)"
-            ));
-        };
+        let (feed, dtype, shape, what) =
+            if let Some(i) = manifest.inputs.iter().position(|s| s.name == name) {
+                let spec: &TensorSpec = &manifest.inputs[i];
+                (
+                    Feed::Data(i),
+                    TensorElementType::Float32,
+                    spec.shape.clone(),
+                    "data input",
+                )
+            } else if manifest.label.name == name {
+                (
+                    Feed::Label,
+                    TensorElementType::Int64,
+                    vec![-1],
+                    "label input",
+                )
+            } else if let Some(j) = manifest.parameters.iter().position(|p| p.name == name) {
+                let shape = manifest.parameters[j].shape.clone();
+                (
+                    Feed::Parameter(j),
+                    TensorElementType::Float32,
+                    shape,
+                    "parameter",
+                )
+            } else {
+                unknown.push(format!("graph input `{name}` is not in the manifest"));
+                continue;
+            };
         match input.dtype() {
             ValueType::Tensor {
                 ty,
@@ -374,27 +374,28 @@ fn plan_feeds(session: &Session, manifest: &Manifest) -> std::result::Result<Vec
         }
         feeds.push(feed);
     }
+    let mut missing = Vec::new();
     for (i, spec) in manifest.inputs.iter().enumerate() {
         if !feeds.contains(&Feed::Data(i)) {
-            return Err(format!(
-                "data input `{}` is not an input of the graph",
-                spec.name
-            ));
+            missing.push(format!("data input `{}`", spec.name));
         }
     }
     if !feeds.contains(&Feed::Label) {
-        return Err(format!(
-            "label `{}` is not an input of the graph",
-            manifest.label.name
-        ));
+        missing.push(format!("label `{}`", manifest.label.name));
     }
     for (j, p) in manifest.parameters.iter().enumerate() {
         if !feeds.contains(&Feed::Parameter(j)) {
-            return Err(format!(
-                "parameter `{}` is not an input of the graph",
-                p.name
-            ));
+            missing.push(format!("parameter `{}`", p.name));
         }
+    }
+    if !missing.is_empty() {
+        unknown.push(format!(
+            "manifest {} not an input of the graph",
+            missing.join(", ")
+        ));
+    }
+    if !unknown.is_empty() {
+        return Err(unknown.join("; "));
     }
     Ok(feeds)
 }
