@@ -317,6 +317,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = parse(include_str!("../../../conf/cluster.json")).unwrap();
+        assert!(c.hosts.len() >= 2);
+    }
+
+    #[test]
     fn env_var_name() {
         assert_eq!(
             password_env_var("pi-1.local"),
