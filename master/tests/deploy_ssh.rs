@@ -446,3 +446,97 @@ fn full_remote_disk_is_reported() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(lab.servers[0].worker_pid().is_none());
 }
+
+#[test]
+fn key_passphrase_comes_from_the_environment() {
+    let lab = Lab::new(1);
+    lab.trust(&[0]);
+    // A second, passphrase-protected user key, also authorized.
+    let locked = lab.path("id_locked");
+    support::sshd::run(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "s3cret phrase", "-f"])
+            .arg(&locked),
+    );
+    let public = std::fs::read_to_string(lab.path("id_locked.pub")).unwrap();
+    let mut authorized = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&lab.key.public)
+        .unwrap();
+    std::io::Write::write_all(&mut authorized, public.as_bytes()).unwrap();
+    let mut entry = lab.host_entry(0);
+    entry["auth"] = serde_json::json!({ "key": locked });
+    let cluster = lab.write_cluster(vec![entry]);
+
+    let without = lab.deploy(&cluster, &["status"]);
+    assert_eq!(without.code, 1);
+    let row = without.row("host0");
+    assert!(row.contains("authentication failed"), "{row}");
+    assert!(row.contains("HERMES_SSH_PASSWORD_HOST0"), "{row}");
+
+    let with = lab.deploy_env(
+        &cluster,
+        &["status"],
+        &[("HERMES_SSH_PASSWORD_HOST0", "s3cret phrase")],
+    );
+    assert_eq!(with.code, 0, "{}", with.stdout);
+    assert!(with.row("host0").contains("not running"));
+}
+
+/// An ssh-agent of this test, killed on drop.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn agent_auth_uses_the_agents_identities() {
+    let lab = Lab::new(1);
+    lab.trust(&[0]);
+    let socket = lab.path("agent.sock");
+    let agent = Agent(
+        std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start ssh-agent"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut entry = lab.host_entry(0);
+    entry["auth"] = "agent".into();
+    let cluster = lab.write_cluster(vec![entry]);
+    let sock = socket.display().to_string();
+
+    // An empty agent: a clear message.
+    let empty = lab.deploy_env(&cluster, &["status"], &[("SSH_AUTH_SOCK", &sock)]);
+    assert_eq!(empty.code, 1);
+    assert!(
+        empty.row("host0").contains("holds no identities"),
+        "{}",
+        empty.stdout
+    );
+
+    // A non-matching identity first, then the right one: both are tried.
+    keygen(&lab.path("id_other"));
+    for key in [lab.path("id_other"), lab.key.private.clone()] {
+        support::sshd::run(
+            std::process::Command::new("ssh-add")
+                .arg("-q")
+                .arg(&key)
+                .env("SSH_AUTH_SOCK", &socket),
+        );
+    }
+    let ok = lab.deploy_env(&cluster, &["status"], &[("SSH_AUTH_SOCK", &sock)]);
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+    assert!(ok.row("host0").contains("yes"));
+    drop(agent);
+}

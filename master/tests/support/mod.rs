@@ -147,8 +147,14 @@ impl Lab {
 
     /// Runs `master deploy --cluster <cluster> --known-hosts <lab> <args...>`.
     pub fn deploy(&self, cluster: &Path, args: &[&str]) -> Run {
+        self.deploy_env(cluster, args, &[])
+    }
+
+    /// Like [`Lab::deploy`], with extra environment variables.
+    pub fn deploy_env(&self, cluster: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         let out = Command::new(env!("CARGO_BIN_EXE_master"))
             .current_dir(self.dir.path())
+            .envs(env.iter().copied())
             .arg("deploy")
             .arg("--cluster")
             .arg(cluster)
