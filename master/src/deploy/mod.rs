@@ -402,8 +402,8 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
     let mut bytes = 0u64;
     for spec in &files {
         bar.set_style(bytes_style());
-        bar.set_length(spec.local.content.len() as u64);
         bar.set_position(0);
+        bar.set_length(spec.local.content.len() as u64);
         bar.set_message(spec.label);
         let outcome = upload::sync_file(&remote, &sftp, spec, &mut |n| bar.set_position(n))
             .with_context(|| format!("uploading the {}", spec.label))?;
