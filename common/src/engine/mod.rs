@@ -14,6 +14,7 @@
 //! * [`model`] — graphs opened as sessions and matched against the manifest.
 //! * [`batch`] — the borrowed mini-batch and its validation.
 //! * [`optimizer`] — SGD, momentum and AdamW with the reference's formulas.
+//! * `simd` — AVX2 builds of the hot element-wise loops, picked at run time.
 //! * [`trainer`] — [`Engine`]: `train_step`, `gradients`, `evaluate`, parameters.
 //! * [`error`] — [`EngineError`].
 
@@ -25,6 +26,7 @@ pub mod manifest;
 pub mod model;
 pub mod optimizer;
 pub mod runtime;
+mod simd;
 pub mod trainer;
 
 pub use batch::Batch;

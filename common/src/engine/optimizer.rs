@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::{EngineError, Result};
+use super::simd::avx2_dispatch;
 
 /// Which optimizer to use, with its hyper-parameters (serde: tagged by `kind`).
 ///
@@ -302,7 +303,28 @@ impl Optimizer {
     }
 }
 
-fn sgd_plain(c: &SgdConfig, params: &mut [f32], grads: &[f32]) {
+avx2_dispatch! {
+    /// Plain SGD (with optional coupled weight decay).
+    fn sgd_plain(c: &SgdConfig, params: &mut [f32], grads: &[f32]) => sgd_plain_kernel
+}
+
+avx2_dispatch! {
+    /// `torch.optim.SGD` with momentum: the buffer starts as the first gradient.
+    fn sgd_momentum(c: &SgdConfig, step: u64, params: &mut [f32], grads: &[f32], buf: &mut [f32]) => sgd_momentum_kernel
+}
+
+avx2_dispatch! {
+    /// `adam_mode = 1`, in the reference kernel's evaluation order.
+    fn adamw_hf(c: &AdamWConfig, s: &StepScalars, params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]) => adamw_hf_kernel
+}
+
+avx2_dispatch! {
+    /// `adam_mode = 0` (PyTorch), in the reference kernel's evaluation order.
+    fn adamw_torch(c: &AdamWConfig, s: &StepScalars, params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]) => adamw_torch_kernel
+}
+
+#[inline(always)]
+fn sgd_plain_kernel(c: &SgdConfig, params: &mut [f32], grads: &[f32]) {
     let (lr, wd) = (c.lr, c.weight_decay);
     if wd == 0.0 {
         for (p, &g) in params.iter_mut().zip(grads) {
@@ -316,8 +338,14 @@ fn sgd_plain(c: &SgdConfig, params: &mut [f32], grads: &[f32]) {
     }
 }
 
-/// `torch.optim.SGD` with momentum: the buffer starts as the first gradient.
-fn sgd_momentum(c: &SgdConfig, step: u64, params: &mut [f32], grads: &[f32], buf: &mut [f32]) {
+#[inline(always)]
+fn sgd_momentum_kernel(
+    c: &SgdConfig,
+    step: u64,
+    params: &mut [f32],
+    grads: &[f32],
+    buf: &mut [f32],
+) {
     let (lr, wd, mu, damp) = (c.lr, c.weight_decay, c.momentum, 1.0 - c.dampening);
     for ((p, &g), b) in params.iter_mut().zip(grads).zip(buf.iter_mut()) {
         let g = if wd != 0.0 { g + wd * *p } else { g };
@@ -327,8 +355,8 @@ fn sgd_momentum(c: &SgdConfig, step: u64, params: &mut [f32], grads: &[f32], buf
     }
 }
 
-/// `adam_mode = 1`, in the kernel's evaluation order.
-fn adamw_hf(
+#[inline(always)]
+fn adamw_hf_kernel(
     c: &AdamWConfig,
     s: &StepScalars,
     params: &mut [f32],
@@ -354,8 +382,8 @@ fn adamw_hf(
     }
 }
 
-/// `adam_mode = 0` (PyTorch), in the kernel's evaluation order.
-fn adamw_torch(
+#[inline(always)]
+fn adamw_torch_kernel(
     c: &AdamWConfig,
     s: &StepScalars,
     params: &mut [f32],

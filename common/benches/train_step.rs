@@ -1,0 +1,451 @@
+//! Train-step throughput (samples/s) at batch 64, for the MLP and the CNN,
+//! all in the same run on the same machine:
+//!
+//! * (a) the Rust engine — `Engine::train_step` (validation, lowered graph,
+//!   optimizer in Rust), with SGD and with AdamW;
+//! * (b) a bare `ort` loop on the lowered graph with no framework around it:
+//!   borrowed tensor views in, `session.run`, outputs read — and the same
+//!   loop plus an inline `p -= lr·g` (b+SGD);
+//! * (c) the reference: onnxruntime-training's `Module.train_step` +
+//!   `Optimizer.step` (AdamW) in Python, run by `examples/bench_reference.py`
+//!   with `.venv/training`.
+//!
+//! Targets: (a, SGD) ≥ 0.95 × (b), and (a, AdamW) ≥ 1.0 × (c).
+//! Prints a table and writes `data/bench/train_step.json` (inputs, machine,
+//! every figure and ratio). Settings come from the environment:
+//! `BENCH_BATCH` (64), `BENCH_REPEATS` (5), `BENCH_THREADS` (1),
+//! `BENCH_SECONDS` (time per measurement, 1.0), `BENCH_MODELS` (mlp,cnn).
+//!
+//! Run: `cargo bench -p common --bench train_step`
+//! (needs deploy/ort/install.sh, examples/build_artifacts.sh, deploy/python-env.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use common::engine::runtime::{self, compiled_workspace};
+use common::engine::{
+    AdamWConfig, Batch, Engine, EngineConfig, Manifest, OptimizerConfig, SgdConfig,
+};
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+const SGD_LR: f32 = 0.01;
+const ADAMW_LR: f32 = 1e-3;
+
+/// Benchmark settings (from `BENCH_*` environment variables).
+struct Settings {
+    batch: usize,
+    repeats: usize,
+    threads: usize,
+    seconds: f64,
+    models: Vec<String>,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{name}={v} is not valid")),
+                Err(_) => Ok(default),
+            }
+        }
+        let models: String = var("BENCH_MODELS", "mlp,cnn".to_string())?;
+        Ok(Settings {
+            batch: var("BENCH_BATCH", 64)?,
+            repeats: var("BENCH_REPEATS", 5)?,
+            threads: var("BENCH_THREADS", 1)?,
+            seconds: var("BENCH_SECONDS", 1.0)?,
+            models: models
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        })
+    }
+}
+
+/// A seeded random batch in [0, 1) with labels in 0..num_classes.
+fn random_batch(manifest: &Manifest, n: usize, seed: u64) -> (Vec<f32>, Vec<i64>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let per_sample = manifest.inputs[0].per_sample_len();
+    let x = (0..n * per_sample).map(|_| rng.random::<f32>()).collect();
+    let classes = i64::try_from(manifest.num_classes).unwrap_or(i64::MAX);
+    let y = (0..n).map(|_| rng.random_range(0..classes)).collect();
+    (x, y)
+}
+
+/// Something that performs one train step.
+trait Stepper {
+    fn step(&mut self) -> Result<f32>;
+}
+
+struct EngineStepper<'d> {
+    engine: Engine,
+    x: &'d [f32],
+    y: &'d [i64],
+}
+
+impl Stepper for EngineStepper<'_> {
+    fn step(&mut self) -> Result<f32> {
+        Ok(self.engine.train_step(&Batch::new(self.x, self.y))?)
+    }
+}
+
+/// The bare loop: positional borrowed inputs, `run`, read outputs; optional inline SGD.
+struct BareStepper<'d> {
+    session: Session,
+    /// Per session input: `None` = data, `Some(usize::MAX)` = labels, `Some(j)` = parameter j.
+    feeds: Vec<Option<usize>>,
+    shapes: Vec<Vec<i64>>,
+    ranges: Vec<std::ops::Range<usize>>,
+    input_shape: Vec<i64>,
+    params: Vec<f32>,
+    x: &'d [f32],
+    y: &'d [i64],
+    sgd: bool,
+}
+
+impl<'d> BareStepper<'d> {
+    fn new(
+        dir: &Path,
+        manifest: &Manifest,
+        threads: usize,
+        x: &'d [f32],
+        y: &'d [i64],
+        sgd: bool,
+    ) -> Result<Self> {
+        let rt = runtime::runtime(None)?;
+        let mut builder = Session::builder(&rt.environment).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if threads > 0 {
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let session = builder
+            .commit_from_file(dir.join(&manifest.training_graph))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let feeds = session
+            .inputs()
+            .iter()
+            .map(|i| {
+                if i.name() == manifest.label.name {
+                    Some(usize::MAX)
+                } else {
+                    manifest.parameters.iter().position(|p| p.name == i.name())
+                }
+            })
+            .collect();
+        let bytes = std::fs::read(dir.join(&manifest.initial_parameters))?;
+        let params = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(BareStepper {
+            session,
+            feeds,
+            shapes: manifest
+                .parameters
+                .iter()
+                .map(|p| p.shape.clone())
+                .collect(),
+            ranges: manifest.parameters.iter().map(|p| p.range()).collect(),
+            input_shape: manifest.inputs[0].batch_shape(y.len()),
+            params,
+            x,
+            y,
+            sgd,
+        })
+    }
+}
+
+impl Stepper for BareStepper<'_> {
+    fn step(&mut self) -> Result<f32> {
+        let n = self.y.len() as i64;
+        let mut inputs: Vec<SessionInputValue<'_>> = Vec::with_capacity(self.feeds.len());
+        for feed in &self.feeds {
+            let v: SessionInputValue<'_> = match *feed {
+                None => TensorRef::from_array_view((self.input_shape.as_slice(), self.x))?.into(),
+                Some(usize::MAX) => TensorRef::from_array_view(([n], self.y))?.into(),
+                Some(j) => TensorRef::from_array_view((
+                    self.shapes[j].as_slice(),
+                    &self.params[self.ranges[j].clone()],
+                ))?
+                .into(),
+            };
+            inputs.push(v);
+        }
+        let outputs = self.session.run(inputs.as_slice())?;
+        let loss = outputs[0].try_extract_tensor::<f32>()?.1[0];
+        for (j, r) in self.ranges.iter().enumerate() {
+            let g = outputs[j + 1].try_extract_tensor::<f32>()?.1;
+            if self.sgd {
+                for (p, &g) in self.params[r.clone()].iter_mut().zip(g) {
+                    *p -= SGD_LR * g;
+                }
+            }
+        }
+        Ok(loss)
+    }
+}
+
+/// Samples/s over about `seconds` of steps (at least 3 steps).
+fn measure(stepper: &mut dyn Stepper, batch: usize, seconds: f64) -> Result<f64> {
+    let start = Instant::now();
+    let mut steps = 0usize;
+    while steps < 3 || start.elapsed().as_secs_f64() < seconds {
+        let loss = stepper.step()?;
+        if !loss.is_finite() {
+            bail!("loss became {loss}");
+        }
+        steps += 1;
+    }
+    Ok((steps * batch) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let m = s.len() / 2;
+    if s.is_empty() {
+        f64::NAN
+    } else if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+/// Runs `examples/bench_reference.py` for one model; `None` (with a note) when the venv is missing.
+fn reference(root: &Path, dir: &Path, settings: &Settings, steps: usize) -> Result<Option<Value>> {
+    let python = root.join(".venv/training/bin/python");
+    if !python.is_file() {
+        eprintln!(
+            "note: {} missing (run deploy/python-env.sh); reference column left empty",
+            python.display()
+        );
+        return Ok(None);
+    }
+    let out = Command::new(&python)
+        .arg(root.join("examples/bench_reference.py"))
+        .arg("--artifacts")
+        .arg(dir)
+        .args(["--batch", &settings.batch.to_string()])
+        .args(["--steps", &steps.to_string()])
+        .args(["--repeats", &settings.repeats.to_string()])
+        .args(["--threads", &settings.threads.to_string()])
+        .args(["--lr", &ADAMW_LR.to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "bench_reference.py failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: Value =
+        serde_json::from_slice(&out.stdout).context("parsing bench_reference.py output")?;
+    Ok(Some(v))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> Result<()> {
+    let settings = Settings::from_env()?;
+    let root = compiled_workspace();
+    let rt = runtime::runtime(None)?;
+    let mut results = serde_json::Map::new();
+    let mut rows = Vec::new();
+
+    for model in &settings.models {
+        let dir: PathBuf = root.join("examples/artifacts").join(model);
+        if !dir.join("manifest.json").is_file() {
+            bail!(
+                "{} missing: run examples/build_artifacts.sh",
+                dir.join("manifest.json").display()
+            );
+        }
+        let manifest = Manifest::load(&dir)?;
+        let (x, y) = random_batch(&manifest, settings.batch, 0);
+        let config = |optimizer| EngineConfig {
+            intra_op_threads: settings.threads,
+            optimizer,
+            ..EngineConfig::default()
+        };
+        let sgd = OptimizerConfig::Sgd(SgdConfig {
+            lr: SGD_LR,
+            ..SgdConfig::default()
+        });
+        let adamw = OptimizerConfig::AdamW(AdamWConfig {
+            lr: ADAMW_LR,
+            ..AdamWConfig::default()
+        });
+        let mut variants: Vec<(&str, Box<dyn Stepper + '_>)> = vec![
+            (
+                "engine_sgd",
+                Box::new(EngineStepper {
+                    engine: Engine::load(&dir, &config(sgd))?,
+                    x: &x,
+                    y: &y,
+                }),
+            ),
+            (
+                "engine_adamw",
+                Box::new(EngineStepper {
+                    engine: Engine::load(&dir, &config(adamw))?,
+                    x: &x,
+                    y: &y,
+                }),
+            ),
+            (
+                "bare_ort",
+                Box::new(BareStepper::new(
+                    &dir,
+                    &manifest,
+                    settings.threads,
+                    &x,
+                    &y,
+                    false,
+                )?),
+            ),
+            (
+                "bare_ort_sgd",
+                Box::new(BareStepper::new(
+                    &dir,
+                    &manifest,
+                    settings.threads,
+                    &x,
+                    &y,
+                    true,
+                )?),
+            ),
+        ];
+        // Warm up, and size the Python run to the same wall time per repeat.
+        let mut step_time = 0.0;
+        for (_, s) in variants.iter_mut() {
+            let start = Instant::now();
+            for _ in 0..5 {
+                s.step()?;
+            }
+            step_time = start.elapsed().as_secs_f64() / 5.0;
+        }
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for _ in 0..settings.repeats {
+            for (i, (_, s)) in variants.iter_mut().enumerate() {
+                rates[i].push(measure(s.as_mut(), settings.batch, settings.seconds)?);
+            }
+        }
+        let py_steps = ((settings.seconds / step_time.max(1e-6)) as usize).clamp(10, 5000);
+        let reference = reference(&root, &dir, &settings, py_steps)?;
+        let ref_rates: Option<Vec<f64>> = reference.as_ref().and_then(|v| {
+            v["models"][model.as_str()]["samples_per_s"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        });
+
+        let med: Vec<f64> = rates.iter().map(|r| median(r)).collect();
+        let ref_med = ref_rates.as_deref().map(median);
+        let (a_sgd, a_adamw, b, b_sgd) = (med[0], med[1], med[2], med[3]);
+        let ratios = json!({
+            "engine_sgd / bare_ort": a_sgd / b,
+            "engine_sgd / bare_ort_sgd": a_sgd / b_sgd,
+            "engine_adamw / bare_ort": a_adamw / b,
+            "engine_adamw / reference_python": ref_med.map(|c| a_adamw / c),
+            "engine_sgd / reference_python": ref_med.map(|c| a_sgd / c),
+        });
+        let mut figures = serde_json::Map::new();
+        for ((name, _), r) in variants.iter().zip(&rates) {
+            figures.insert(
+                name.to_string(),
+                json!({"samples_per_s": r, "median": median(r)}),
+            );
+        }
+        figures.insert(
+            "reference_python".into(),
+            json!({"samples_per_s": ref_rates, "median": ref_med, "steps_per_repeat": py_steps,
+                   "onnxruntime_training": reference.as_ref().map(|v| v["onnxruntime"].clone())}),
+        );
+        results.insert(
+            model.clone(),
+            json!({"parameters": manifest.parameter_count(), "figures": figures, "ratios": ratios}),
+        );
+        rows.push((model.clone(), a_sgd, a_adamw, b, b_sgd, ref_med));
+    }
+
+    println!();
+    println!(
+        "train-step throughput, samples/s (batch {}, {} intra-op thread(s), median of {} x {:.1} s)",
+        settings.batch, settings.threads, settings.repeats, settings.seconds
+    );
+    println!(
+        "{:<6} {:>12} {:>12} {:>12} {:>12} {:>14} {:>11} {:>11}",
+        "model",
+        "(a) SGD",
+        "(a) AdamW",
+        "(b) bare",
+        "(b)+SGD",
+        "(c) ref AdamW",
+        "(a)SGD/(b)",
+        "(a)AdamW/(c)"
+    );
+    for (model, a_sgd, a_adamw, b, b_sgd, c) in &rows {
+        let c_text = c.map_or("n/a".to_string(), |c| format!("{c:.0}"));
+        let ratio_c = c.map_or("n/a".to_string(), |c| format!("{:.2}", a_adamw / c));
+        println!(
+            "{model:<6} {a_sgd:>12.0} {a_adamw:>12.0} {b:>12.0} {b_sgd:>12.0} {c_text:>14} {:>11.3} {ratio_c:>11}",
+            a_sgd / b
+        );
+    }
+    println!("targets: (a)SGD/(b) >= 0.95, (a)AdamW/(c) >= 1.0");
+
+    let report = json!({
+        "benchmark": "train_step",
+        "inputs": {
+            "batch": settings.batch,
+            "repeats": settings.repeats,
+            "seconds_per_measurement": settings.seconds,
+            "intra_op_threads": settings.threads,
+            "models": settings.models,
+            "sgd_lr": SGD_LR,
+            "adamw_lr": ADAMW_LR,
+            "batch_data": "uniform [0,1) inputs, uniform labels, ChaCha8 seed 0 (Python: numpy seed 0)",
+            "variants": {
+                "engine_sgd": "(a) Engine::train_step with SGD: batch validation, lowered graph, SGD in Rust",
+                "engine_adamw": "(a) Engine::train_step with AdamW (reference formula)",
+                "bare_ort": "(b) ort session.run on the lowered graph with borrowed inputs, outputs read, no update",
+                "bare_ort_sgd": "(b) as bare_ort plus an inline p -= lr*g",
+                "reference_python": "(c) onnxruntime-training Module(train_step) + Optimizer.step (AdamW) + lazy_reset_grad, Python"
+            },
+            "targets": {"engine_sgd / bare_ort": ">= 0.95", "engine_adamw / reference_python": ">= 1.0"},
+        },
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpu_model": cpu_model(),
+            "onnxruntime_library": rt.library.display().to_string(),
+        },
+        "results": results,
+    });
+    let out_dir = root.join("data/bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let out = out_dir.join("train_step.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
