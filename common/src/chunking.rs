@@ -12,7 +12,7 @@
 //! | index        | 4 (u32)      |
 //! | count        | 4 (u32)      |
 //! | total length | 8 (u64)      |
-//! | digest       | 32 (SHA-256 of the whole payload) |
+//! | digest       | 32 (SHA-256 of this chunk's data) |
 //! | inner kind   | 1 (u8)       |
 //! | data         | 4 (u32) + n  |
 //!
@@ -32,8 +32,17 @@
 //! size has been checked against [`ChunkLimits`]. Redelivered chunks (Kafka
 //! delivers at least once) are ignored, also for recently completed transfers.
 //! A transfer that fails (inconsistent header, wrong chunk size, digest
-//! mismatch) is dropped and its memory freed; one that stops receiving chunks
-//! is freed by [`Reassembler::expire`].
+//! mismatch) is dropped and its memory freed, and its later chunks are
+//! ignored; one that stops receiving chunks is freed by [`Reassembler::expire`].
+//!
+//! # Why a digest per chunk
+//!
+//! Each chunk carries the SHA-256 of its own data, checked on arrival. Every
+//! byte of the payload is covered, each chunk's place is fixed by (index,
+//! count, total length), and hashing overlaps with the network on both ends:
+//! a whole-payload digest would have to be computed before the first chunk
+//! leaves and again after the last one lands, adding two full passes over a
+//! large model to every transfer's latency.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -294,7 +303,6 @@ impl Geometry {
 pub struct Chunks<'a> {
     payload: &'a [u8],
     transfer_id: [u8; 16],
-    digest: [u8; 32],
     inner_kind: MessageKind,
     geometry: Geometry,
     next: u32,
@@ -321,14 +329,15 @@ impl<'a> Chunks<'a> {
         // Offsets fit usize: they are within `payload`.
         let start = self.geometry.offset_of(index) as usize;
         let end = start + self.geometry.len_of(index) as usize;
+        let data = &self.payload[start..end];
         Some(ChunkRef {
             transfer_id: self.transfer_id,
             index,
             count: self.geometry.count,
             total_len: self.geometry.total_len,
-            digest: self.digest,
+            digest: Sha256::digest(data).into(),
             inner_kind: self.inner_kind,
-            data: &self.payload[start..end],
+            data,
         })
     }
 }
@@ -366,7 +375,6 @@ pub fn chunks(payload: &[u8], chunk_data_bytes: usize, inner_kind: MessageKind) 
     Chunks {
         payload,
         transfer_id: *uuid::Uuid::new_v4().as_bytes(),
-        digest: Sha256::digest(payload).into(),
         inner_kind,
         geometry,
         next: 0,
@@ -485,8 +493,8 @@ pub enum ChunkError {
         /// `max_pending_transfers`.
         limit: usize,
     },
-    /// The reassembled payload does not hash to the declared digest.
-    #[error("transfer {transfer_id} from {sender}: reassembled payload does not match its digest")]
+    /// A chunk's data does not hash to its declared digest.
+    #[error("transfer {transfer_id} from {sender}: chunk data does not match its digest")]
     DigestMismatch {
         /// Who sent the transfer.
         sender: String,
@@ -554,7 +562,6 @@ type TransferKey = (String, [u8; 16]);
 /// An unfinished transfer.
 struct Transfer {
     geometry: Geometry,
-    digest: [u8; 32],
     inner_kind: MessageKind,
     buf: Vec<u8>,
     received: Vec<u64>,
@@ -577,8 +584,6 @@ impl Transfer {
             "count"
         } else if chunk.total_len != self.geometry.total_len {
             "total_len"
-        } else if chunk.digest != self.digest {
-            "digest"
         } else if chunk.inner_kind != self.inner_kind {
             "inner_kind"
         } else {
@@ -659,24 +664,31 @@ impl Reassembler {
         }
         if let Err(e) = chunk.check_limits(&self.limits) {
             // A bad chunk for a known transfer means the transfer is corrupt.
-            self.drop_transfer(&key);
+            self.fail_transfer(key, now);
             return Err(e);
         }
         if !self.transfers.contains_key(&key) {
-            self.start_transfer(&key, &chunk, now)?;
+            if let Err(e) = self.start_transfer(&key, &chunk, now) {
+                self.fail_transfer(key, now);
+                return Err(e);
+            }
         }
         let transfer = self
             .transfers
             .get_mut(&key)
             .unwrap_or_else(|| unreachable!("transfer was just inserted"));
         if let Err(e) = transfer.check_header(&chunk) {
-            self.drop_transfer(&key);
+            self.fail_transfer(key, now);
             return Err(e);
         }
         transfer.last_activity = now;
         if transfer.has(chunk.index) {
             self.duplicates += 1;
             return Ok(None);
+        }
+        if let Err(e) = verify_digest(sender, &key.1, &chunk.digest, chunk.data) {
+            self.fail_transfer(key, now);
+            return Err(e);
         }
         let start = transfer.geometry.offset_of(chunk.index) as usize;
         transfer.buf[start..start + chunk.data.len()].copy_from_slice(chunk.data);
@@ -690,7 +702,6 @@ impl Reassembler {
             .remove(&key)
             .unwrap_or_else(|| unreachable!("transfer is present"));
         self.buffered -= transfer.geometry.total_len;
-        verify_digest(sender, &key.1, &transfer.digest, &transfer.buf)?;
         self.remember_completed(key, now);
         Ok(Some((transfer.inner_kind, transfer.buf)))
     }
@@ -773,7 +784,6 @@ impl Reassembler {
             key.clone(),
             Transfer {
                 geometry,
-                digest: chunk.digest,
                 inner_kind: chunk.inner_kind,
                 // Zeroed allocation: the OS maps pages lazily as chunks land.
                 buf: vec![0u8; size_usize],
@@ -786,10 +796,13 @@ impl Reassembler {
         Ok(())
     }
 
-    fn drop_transfer(&mut self, key: &TransferKey) {
-        if let Some(t) = self.transfers.remove(key) {
+    /// Drops a failed transfer, frees its memory, and remembers it so its
+    /// remaining chunks are ignored instead of starting a new transfer.
+    fn fail_transfer(&mut self, key: TransferKey, now: Instant) {
+        if let Some(t) = self.transfers.remove(&key) {
             self.buffered -= t.geometry.total_len;
         }
+        self.remember_completed(key, now);
     }
 
     fn remember_completed(&mut self, key: TransferKey, now: Instant) {
@@ -1121,13 +1134,20 @@ mod tests {
         chunks[2].data[7] ^= 1;
         let mut r = Reassembler::new(limits());
         let now = Instant::now();
-        for c in &chunks[..3] {
+        for c in &chunks[..2] {
             assert!(r.push("w1", c.clone(), now).expect("partial").is_none());
         }
-        let err = r.push("w1", chunks[3].clone(), now).expect_err("digest");
+        // Detected on arrival of the corrupt chunk, not at the end.
+        let err = r.push("w1", chunks[2].clone(), now).expect_err("digest");
         assert!(matches!(err, ChunkError::DigestMismatch { .. }));
         assert_eq!(err.reason(), "chunk_digest_mismatch");
         assert_eq!(r.buffered_bytes(), 0);
+        assert_eq!(r.pending_transfers(), 0);
+        // The failed transfer's remaining chunk is ignored, not a new transfer.
+        assert!(r
+            .push("w1", chunks[3].clone(), now)
+            .expect("ignored")
+            .is_none());
         assert_eq!(r.pending_transfers(), 0);
 
         // Single-chunk transfers are verified too.
@@ -1145,7 +1165,7 @@ mod tests {
         let chunks = split(&p, 250, MessageKind::Model);
         let now = Instant::now();
         type Mutation = (&'static str, fn(&mut Chunk));
-        let cases: [Mutation; 4] = [
+        let cases: [Mutation; 3] = [
             ("count", |c| {
                 // Another valid geometry: 1000 bytes in 5 chunks of 200.
                 c.count = 5;
@@ -1158,7 +1178,6 @@ mod tests {
                     c.data.pop();
                 }
             }),
-            ("digest", |c| c.digest[0] ^= 1),
             ("inner_kind", |c| c.inner_kind = MessageKind::Shard),
         ];
         for (field, mutate) in cases {

@@ -350,6 +350,22 @@ impl EnvelopeCodec {
         sequence: u64,
         parts: &[&[u8]],
     ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::new();
+        self.try_encode_parts_into(&mut out, kind, sender, sequence, parts)?;
+        debug_assert_eq!(out.len(), out.capacity());
+        Ok(out)
+    }
+
+    /// [`EnvelopeCodec::try_encode_parts`] into a caller's buffer (cleared
+    /// first), so a sender streaming many records reuses one allocation.
+    pub fn try_encode_parts_into(
+        &self,
+        out: &mut Vec<u8>,
+        kind: MessageKind,
+        sender: &str,
+        sequence: u64,
+        parts: &[&[u8]],
+    ) -> Result<(), EnvelopeError> {
         validate_id("sender id", sender)?;
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         let payload_len_u32 =
@@ -358,7 +374,8 @@ impl EnvelopeCodec {
                 limit: u32::MAX as usize,
             })?;
 
-        let mut out = Vec::with_capacity(self.overhead(sender) + payload_len);
+        out.clear();
+        out.reserve_exact(self.overhead(sender) + payload_len);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         out.push(kind.code());
@@ -375,12 +392,11 @@ impl EnvelopeCodec {
         }
         if let Some(mac) = &self.mac {
             let mut mac = mac.clone();
-            mac.update(&out);
+            mac.update(out);
             let tag = mac.finalize().into_bytes();
             out.extend_from_slice(&tag);
         }
-        debug_assert_eq!(out.len(), out.capacity());
-        Ok(out)
+        Ok(())
     }
 
     /// Decodes and checks one record, copying its strings and payload.

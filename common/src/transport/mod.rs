@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Serialize;
 
@@ -252,17 +252,19 @@ impl Transport {
                 bytes,
             });
         }
-        // Chunks are encoded and enqueued in order, then awaited together, so
-        // a large transfer streams at the producer's pace rather than one
-        // round trip per chunk.
-        let mut pending = Vec::new();
+        // Chunks are encoded one at a time into one reused buffer and handed
+        // to librdkafka (which copies them into its queue), then all delivery
+        // reports are awaited together: the transfer streams at the
+        // producer's pace, with no second copy of the payload held by us.
+        let mut deliveries = Vec::new();
         let mut bytes = 0;
+        let mut record = Vec::new();
         let mut chunks = chunking::chunks(payload, self.cfg.chunk_bytes, kind);
         while let Some(chunk) = chunks.next_ref() {
             let header = chunk.header_bytes();
-            let record = self
-                .codec
-                .try_encode_parts(
+            self.codec
+                .try_encode_parts_into(
+                    &mut record,
                     MessageKind::Chunk,
                     &self.sender_id,
                     sequence,
@@ -270,17 +272,61 @@ impl Transport {
                 )
                 .map_err(|e| TransportError::Config(format!("cannot encode record: {e}")))?;
             bytes += record.len();
-            pending.push(self.produce_owned(topic.to_string(), key.to_string(), record));
+            deliveries.push(self.enqueue(topic, key, &record).await?);
+            self.metrics.sent(record.len());
         }
-        let records = pending.len();
-        for result in futures::future::join_all(pending).await {
-            result?;
+        let records = deliveries.len();
+        for delivery in futures::future::join_all(deliveries).await {
+            match delivery {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(TransportError::Kafka {
+                        context: format!("produce to `{topic}`"),
+                        source: e,
+                    })
+                }
+                Err(_) => {
+                    return Err(TransportError::Config(format!(
+                        "producer for `{topic}` shut down before delivery"
+                    )))
+                }
+            }
         }
         Ok(SendReport {
             sequence,
             records,
             bytes,
         })
+    }
+
+    /// Puts one record in librdkafka's queue (waiting while the queue is
+    /// full, up to a minute) and returns its delivery report future.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        record: &[u8],
+    ) -> Result<DeliveryFuture, TransportError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self
+                .producer
+                .send_result(FutureRecord::to(topic).key(key).payload(record))
+            {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    return Err(TransportError::Kafka {
+                        context: format!("enqueue to `{topic}`"),
+                        source: e,
+                    })
+                }
+            }
+        }
     }
 
     async fn produce(&self, topic: &str, key: &str, record: &[u8]) -> Result<(), TransportError> {
@@ -301,15 +347,6 @@ impl Transport {
                 source: e,
             }),
         }
-    }
-
-    async fn produce_owned(
-        &self,
-        topic: String,
-        key: String,
-        record: Vec<u8>,
-    ) -> Result<(), TransportError> {
-        self.produce(&topic, &key, &record).await
     }
 
     /// Waits until every produced record is acknowledged (call before exit).
