@@ -78,6 +78,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Worker → master on the logs stream: tracing events, batched.
+pub type LogBatch = Vec<LogRecord>;
+
 /// One tracing event from a node, for the centralized log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
@@ -124,6 +127,8 @@ pub enum StatusMessage {
         /// The global version the worker trains from.
         model_version: u64,
     },
+    /// What a finished round did.
+    RoundReport(RoundReport),
     /// A worker leaves on purpose.
     Goodbye {
         /// The worker's id.
@@ -131,6 +136,136 @@ pub enum StatusMessage {
         /// Why it leaves.
         reason: String,
     },
+}
+
+/// Worker → master: what one local round did. Sent after every round, major
+/// or minor (a few hundred bytes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// The worker's id.
+    pub worker_id: String,
+    /// The worker process's incarnation.
+    pub incarnation: u64,
+    /// The worker's round counter (1, 2, ...).
+    pub round: u64,
+    /// The shard trained on.
+    pub shard_id: u64,
+    /// Samples in the shard.
+    pub samples: u64,
+    /// Local epochs over the shard.
+    pub epochs: u32,
+    /// Measured compute time of the round (training and validation), seconds.
+    pub compute_secs: f64,
+    /// Time spent idling to emulate a slower device (`(slowdown − 1) × compute`).
+    pub emulated_idle_secs: f64,
+    /// Wall time of the whole round, seconds.
+    pub round_secs: f64,
+    /// Loss on the worker's fixed validation split after the round.
+    pub validation_loss: f64,
+    /// Accuracy on that split.
+    pub validation_accuracy: f64,
+    /// Whether the gate judged the round significant (an update was sent).
+    pub major: bool,
+    /// The gate's statistic (z-score or t), when it computed one.
+    pub statistic: Option<f64>,
+    /// The gate's threshold at this round.
+    pub threshold: f64,
+    /// The global version the round started from.
+    pub base_version: u64,
+    /// Bytes of the update sent this round (0 on a minor round).
+    pub update_bytes: u64,
+}
+
+/// Worker → master on the updates stream: the weight delta of a major round
+/// against the global version it started from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateDelta {
+    /// The worker's id.
+    pub worker_id: String,
+    /// The worker process's incarnation.
+    pub incarnation: u64,
+    /// The round that produced it.
+    pub round: u64,
+    /// The global version the delta is relative to.
+    pub base_version: u64,
+    /// Training samples behind it.
+    pub samples: u64,
+    /// Validation loss after the round.
+    pub validation_loss: f64,
+    /// local parameters − base parameters, flat, in manifest order.
+    pub delta: Vec<f32>,
+}
+
+/// Master → workers on the model stream: a new global version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GlobalModel {
+    /// The version (0 = initial parameters).
+    pub version: u64,
+    /// All parameters, flat, in manifest order.
+    pub parameters: Vec<f32>,
+}
+
+/// One file of the training artifacts shipped to a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// Plain file name (no directories); receivers must check it.
+    pub name: String,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// How workers train, decided by the master (one source of truth).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingPlan {
+    /// Local epochs per round.
+    pub epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+    /// The optimizer as JSON (`common::engine::OptimizerConfig`; its tagged
+    /// form does not fit bincode).
+    pub optimizer_json: String,
+    /// The loss gate's parameters.
+    pub gate: crate::stats::GateConfig,
+    /// Whether workers gate their updates (Hermes) or send one every round
+    /// (the BSP/ASP/SSP baselines).
+    pub gate_updates: bool,
+    /// Seed for shuffling.
+    pub seed: u64,
+}
+
+/// Everything a worker needs to start training, sent once per registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelPackage {
+    /// Model name (the artifact folder's name).
+    pub model: String,
+    /// The artifact files (lowered graphs, manifest, initial parameters).
+    pub files: Vec<ArtifactFile>,
+    /// The current global model.
+    pub global: GlobalModel,
+    /// How to train.
+    pub plan: TrainingPlan,
+    /// The worker's fixed validation split (`common::data::wire` bytes).
+    pub validation: Vec<u8>,
+}
+
+/// A shard of training data for one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardAssignment {
+    /// The master's shard id (reported back in the round report).
+    pub shard_id: u64,
+    /// The worker round this shard is for.
+    pub round: u64,
+    /// Samples and labels (`common::data::wire` bytes).
+    pub data: Vec<u8>,
+}
+
+/// Master → one worker, on that worker's `shard.<worker>` stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Assignment {
+    /// Artifacts, global weights, plan and validation data.
+    Package(ModelPackage),
+    /// The next shard.
+    Shard(ShardAssignment),
 }
 
 /// Master → workers messages on the control stream (broadcast; each says whom it is for).
