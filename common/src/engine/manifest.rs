@@ -326,7 +326,8 @@ mod tests {
 
     #[test]
     fn inconsistent_manifests_name_the_problem() {
-        let cases: Vec<(fn(&mut serde_json::Value), &str)> = vec![
+        type Edit = fn(&mut serde_json::Value);
+        let cases: Vec<(Edit, &str)> = vec![
             (|v| v["format_version"] = 2.into(), "format_version"),
             (|v| v["parameters"][1]["offset"] = 11.into(), "offset"),
             (|v| v["parameters"][0]["numel"] = 13.into(), "numel"),
