@@ -289,6 +289,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn engine_can_move_to_a_training_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Engine>();
+    }
+
+    #[test]
     fn argmax_takes_first_maximum() {
         assert_eq!(argmax(&[0.1, 0.7, 0.7, -1.0]), 1);
         assert_eq!(argmax(&[f32::NAN, 0.0, 2.0]), 2);
