@@ -1,0 +1,232 @@
+//! The workers the master knows: who is active, their incarnation, liveness
+//! and per-worker statistics for the summary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::protocol::{Registration, RoundReport};
+
+/// What the master knows about one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerState {
+    /// The latest registration (host, cores, slowdown...).
+    pub registration: Registration,
+    /// Whether the worker counts as alive.
+    pub active: bool,
+    /// When we last heard from it.
+    pub last_seen: Instant,
+    /// Last heartbeat, ms since the epoch (for the status file).
+    pub last_seen_ms: u64,
+    /// The round the worker is on (the next shard's round).
+    pub next_round: u64,
+    /// Whether a shard is out with the worker (it is training).
+    pub busy: bool,
+    /// Statistics over the run.
+    pub stats: WorkerStats,
+}
+
+/// Per-worker counters for the run summary.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct WorkerStats {
+    /// Rounds reported.
+    pub rounds: u64,
+    /// Rounds the gate judged significant.
+    pub major_rounds: u64,
+    /// Rounds that only sent a report.
+    pub minor_rounds: u64,
+    /// Samples trained on (shard sizes × epochs).
+    pub samples_trained: u64,
+    /// Sum of reported round times, seconds.
+    pub round_secs_total: f64,
+    /// Sum of the emulated idle time, seconds.
+    pub emulated_idle_secs_total: f64,
+    /// Updates applied to the global model.
+    pub updates_accepted: u64,
+    /// Updates refused.
+    pub updates_rejected: u64,
+    /// Shards sent.
+    pub shards_received: u64,
+    /// Sum of shard sizes sent.
+    pub shard_samples_total: u64,
+    /// Times the worker (re)registered.
+    pub registrations: u64,
+    /// Times it was marked gone.
+    pub times_gone: u64,
+}
+
+/// How a registration relates to what we knew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// A worker id we had not seen.
+    New,
+    /// A known worker with a new incarnation (restarted process) or back after being gone.
+    Rejoined,
+    /// The same incarnation again (it had not seen our welcome yet).
+    Repeat,
+}
+
+/// All workers of the run.
+#[derive(Debug, Default)]
+pub struct WorkerRegistry {
+    workers: BTreeMap<String, WorkerState>,
+}
+
+impl WorkerRegistry {
+    /// Records a registration.
+    pub fn register(&mut self, reg: Registration) -> Joined {
+        let now = Instant::now();
+        match self.workers.get_mut(&reg.worker_id) {
+            Some(w) if w.registration.incarnation == reg.incarnation && w.active => {
+                w.last_seen = now;
+                w.last_seen_ms = common::protocol::now_ms();
+                Joined::Repeat
+            }
+            Some(w) => {
+                w.registration = reg;
+                w.active = true;
+                w.busy = false;
+                w.last_seen = now;
+                w.last_seen_ms = common::protocol::now_ms();
+                w.stats.registrations += 1;
+                Joined::Rejoined
+            }
+            None => {
+                self.workers.insert(
+                    reg.worker_id.clone(),
+                    WorkerState {
+                        registration: reg,
+                        active: true,
+                        last_seen: now,
+                        last_seen_ms: common::protocol::now_ms(),
+                        next_round: 1,
+                        busy: false,
+                        stats: WorkerStats {
+                            registrations: 1,
+                            ..WorkerStats::default()
+                        },
+                    },
+                );
+                Joined::New
+            }
+        }
+    }
+
+    /// The active worker `id` if `incarnation` is its current one.
+    pub fn current(&mut self, id: &str, incarnation: u64) -> Option<&mut WorkerState> {
+        self.workers
+            .get_mut(id)
+            .filter(|w| w.active && w.registration.incarnation == incarnation)
+    }
+
+    /// Any state of `id`.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut WorkerState> {
+        self.workers.get_mut(id)
+    }
+
+    /// Notes a sign of life.
+    pub fn touch(&mut self, id: &str, incarnation: u64) -> bool {
+        match self.current(id, incarnation) {
+            Some(w) => {
+                w.last_seen = Instant::now();
+                w.last_seen_ms = common::protocol::now_ms();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a round report's statistics.
+    pub fn record_round(&mut self, report: &RoundReport) {
+        if let Some(w) = self.current(&report.worker_id, report.incarnation) {
+            w.busy = false;
+            w.next_round = report.round + 1;
+            w.last_seen = Instant::now();
+            w.last_seen_ms = common::protocol::now_ms();
+            let s = &mut w.stats;
+            s.rounds += 1;
+            if report.major {
+                s.major_rounds += 1;
+            } else {
+                s.minor_rounds += 1;
+            }
+            s.samples_trained += report.samples * u64::from(report.epochs);
+            s.round_secs_total += report.round_secs;
+            s.emulated_idle_secs_total += report.emulated_idle_secs;
+        }
+    }
+
+    /// Marks `id` gone. Returns false when it was not active.
+    pub fn mark_gone(&mut self, id: &str) -> bool {
+        match self.workers.get_mut(id) {
+            Some(w) if w.active => {
+                w.active = false;
+                w.busy = false;
+                w.stats.times_gone += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Active workers silent for longer than `timeout`.
+    pub fn silent(&self, timeout: Duration) -> Vec<String> {
+        let now = Instant::now();
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.active && now.duration_since(w.last_seen) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Ids of the active workers.
+    pub fn active_ids(&self) -> BTreeSet<String> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.active)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Every worker ever seen.
+    pub fn all(&self) -> impl Iterator<Item = (&String, &WorkerState)> {
+        self.workers.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(id: &str, inc: u64) -> Registration {
+        Registration {
+            worker_id: id.into(),
+            incarnation: inc,
+            hostname: "h".into(),
+            arch: "x86_64".into(),
+            cores: 2,
+            slowdown: 1.0,
+        }
+    }
+
+    #[test]
+    fn registration_kinds() {
+        let mut r = WorkerRegistry::default();
+        assert_eq!(r.register(reg("a", 1)), Joined::New);
+        assert_eq!(r.register(reg("a", 1)), Joined::Repeat);
+        assert_eq!(r.register(reg("a", 2)), Joined::Rejoined);
+        assert!(r.current("a", 1).is_none(), "old incarnation no longer current");
+        assert!(r.mark_gone("a"));
+        assert!(!r.mark_gone("a"));
+        assert_eq!(r.register(reg("a", 2)), Joined::Rejoined, "back after being gone");
+        assert_eq!(r.active_ids().len(), 1);
+    }
+
+    #[test]
+    fn silence_is_detected() {
+        let mut r = WorkerRegistry::default();
+        r.register(reg("a", 1));
+        assert!(r.silent(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(r.silent(Duration::from_millis(10)), vec!["a".to_string()]);
+    }
+}
