@@ -1,8 +1,12 @@
 //! `worker` — a hermes-rs edge worker. Reads `conf/worker.json` unless
 //! `--conf` says otherwise; this file only wires things together.
 
+mod artifacts;
 mod config;
+mod logs;
+mod rounds;
 mod session;
+mod trainer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,5 +50,8 @@ fn run() -> anyhow::Result<ExitCode> {
     cfg.validate()
         .with_context(|| format!("{}: invalid configuration", cli.conf.display()))?;
     let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
-    runtime.block_on(session::run(cfg))
+    let result = runtime.block_on(session::run(cfg));
+    // A round still on its blocking thread was told to stop; do not wait long for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
