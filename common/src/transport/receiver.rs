@@ -329,7 +329,13 @@ async fn assignment(
         for p in 0..*count {
             let offset = match start {
                 StartAt::Beginning => Offset::Beginning,
-                StartAt::End => Offset::End,
+                // Resolved now, not lazily by the fetcher: a reply to a
+                // message sent right after the receiver was created must not
+                // land before the position is known (and be skipped).
+                StartAt::End => consumer
+                    .fetch_watermarks(topic, p, Timeout::After(Duration::from_secs(10)))
+                    .map(|(_, high)| Offset::Offset(high))
+                    .unwrap_or(Offset::End),
                 StartAt::Committed => committed
                     .as_ref()
                     .and_then(|c| c.find_partition(topic, p))
