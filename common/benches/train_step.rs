@@ -195,8 +195,40 @@ impl Stepper for BareStepper<'_> {
     }
 }
 
-/// Samples/s over about `seconds` of steps (at least 3 steps).
-fn measure(stepper: &mut dyn Stepper, batch: usize, seconds: f64) -> Result<f64> {
+/// Length of one turn in phase 1, in seconds.
+const TURN_SECONDS: f64 = 0.05;
+
+/// One repeat of phase 1: the variants take turns of `turn_steps` steps
+/// until each has run about `seconds`; returns samples/s per variant. Short
+/// turns spread disturbances from other processes evenly over the variants
+/// (so their ratios stay meaningful on a busy machine) while each turn runs
+/// long enough to have its caches warm.
+fn measure_in_turns(
+    variants: &mut [(&str, Box<dyn Stepper + '_>)],
+    batch: usize,
+    seconds: f64,
+    turn_steps: usize,
+) -> Result<Vec<f64>> {
+    let mut spent = vec![0.0f64; variants.len()];
+    let mut steps = 0usize;
+    while steps == 0 || spent.iter().any(|&t| t < seconds) {
+        for (i, (name, stepper)) in variants.iter_mut().enumerate() {
+            let start = Instant::now();
+            for _ in 0..turn_steps {
+                let loss = stepper.step()?;
+                if !loss.is_finite() {
+                    bail!("{name}: loss became {loss}");
+                }
+            }
+            spent[i] += start.elapsed().as_secs_f64();
+        }
+        steps += turn_steps;
+    }
+    Ok(spent.iter().map(|t| (steps * batch) as f64 / t).collect())
+}
+
+/// Samples/s of one variant running alone for about `seconds`.
+fn measure_alone(stepper: &mut dyn Stepper, batch: usize, seconds: f64) -> Result<f64> {
     let start = Instant::now();
     let mut steps = 0usize;
     while steps < 3 || start.elapsed().as_secs_f64() < seconds {
@@ -207,10 +239,6 @@ fn measure(stepper: &mut dyn Stepper, batch: usize, seconds: f64) -> Result<f64>
         steps += 1;
     }
     Ok((steps * batch) as f64 / start.elapsed().as_secs_f64())
-}
-
-fn best(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::NAN, f64::max)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -226,7 +254,8 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Runs `examples/bench_reference.py` for one model; `None` (with a note) when the venv is missing.
+/// Runs `examples/bench_reference.py` for one model (one repeat of `steps`);
+/// `None` (with a note) when the venv is missing.
 fn reference(root: &Path, dir: &Path, settings: &Settings, steps: usize) -> Result<Option<Value>> {
     let python = root.join(".venv/training/bin/python");
     if !python.is_file() {
@@ -242,7 +271,7 @@ fn reference(root: &Path, dir: &Path, settings: &Settings, steps: usize) -> Resu
         .arg(dir)
         .args(["--batch", &settings.batch.to_string()])
         .args(["--steps", &steps.to_string()])
-        .args(["--repeats", &settings.repeats.to_string()])
+        .args(["--repeats", "1"])
         .args(["--threads", &settings.threads.to_string()])
         .args(["--lr", &ADAMW_LR.to_string()])
         .output()
@@ -340,45 +369,71 @@ fn main() -> Result<()> {
                 )?),
             ),
         ];
-        // Warm up, and size the Python run to the same wall time per repeat.
-        let mut step_time = 0.0;
+        // Warm up; the slowest step sets the turn length of phase 1.
+        let mut slowest = 0.0f64;
         for (_, s) in variants.iter_mut() {
             let start = Instant::now();
             for _ in 0..5 {
                 s.step()?;
             }
-            step_time = start.elapsed().as_secs_f64() / 5.0;
+            slowest = slowest.max(start.elapsed().as_secs_f64() / 5.0);
         }
+        let turn_steps = ((TURN_SECONDS / slowest.max(1e-6)) as usize).max(1);
+
+        // Phase 1, (a) against (b): the Rust variants take turns.
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for _ in 0..settings.repeats {
-            for (i, (_, s)) in variants.iter_mut().enumerate() {
-                rates[i].push(measure(s.as_mut(), settings.batch, settings.seconds)?);
+            let r = measure_in_turns(&mut variants, settings.batch, settings.seconds, turn_steps)?;
+            for (i, v) in r.into_iter().enumerate() {
+                rates[i].push(v);
             }
         }
-        let py_steps = ((settings.seconds / step_time.max(1e-6)) as usize).clamp(10, 5000);
-        let reference = reference(&root, &dir, &settings, py_steps)?;
-        let ref_rates: Option<Vec<f64>> = reference.as_ref().and_then(|v| {
-            v["models"][model.as_str()]["samples_per_s"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        });
 
-        // The machine may be shared: each figure is the best of the interleaved
-        // repeats (the least disturbed run); medians are kept in the JSON too.
-        let top: Vec<f64> = rates.iter().map(|r| best(r)).collect();
+        // Phase 2, (a) against (c): the engine with AdamW alone, then one
+        // Python repeat of about the same length, alternating.
+        let adamw = &mut variants[1].1;
+        let start = Instant::now();
+        for _ in 0..5 {
+            adamw.step()?;
+        }
+        let py_steps =
+            ((settings.seconds / (start.elapsed().as_secs_f64() / 5.0)) as usize).clamp(10, 20000);
+        let (mut solo, mut python, mut ref_version) = (Vec::new(), Vec::new(), None);
+        for _ in 0..settings.repeats {
+            solo.push(measure_alone(
+                adamw.as_mut(),
+                settings.batch,
+                settings.seconds,
+            )?);
+            match reference(&root, &dir, &settings, py_steps)? {
+                Some(v) => {
+                    ref_version = Some(v["onnxruntime"].clone());
+                    python.extend(
+                        v["models"][model.as_str()]["samples_per_s"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_f64),
+                    );
+                }
+                None => break,
+            }
+        }
+        let ref_med = (!python.is_empty()).then(|| median(&python));
+
         let med: Vec<f64> = rates.iter().map(|r| median(r)).collect();
-        let ref_top = ref_rates.as_deref().map(best);
-        let ref_med = ref_rates.as_deref().map(median);
-        let ratios = |v: &[f64], c: Option<f64>| {
-            json!({
-                "engine_sgd / bare_ort": v[0] / v[2],
-                "engine_sgd / bare_ort_sgd": v[0] / v[3],
-                "engine_adamw / bare_ort": v[1] / v[2],
-                "engine_adamw / reference_python": c.map(|c| v[1] / c),
-                "engine_sgd / reference_python": c.map(|c| v[0] / c),
-            })
+        let per_repeat = |num: &[f64], den: &[f64]| -> Vec<f64> {
+            num.iter().zip(den).map(|(a, b)| a / b).collect()
         };
-        let ratios = json!({"best": ratios(&top, ref_top), "median": ratios(&med, ref_med)});
+        let sgd_vs_bare = per_repeat(&rates[0], &rates[2]);
+        let adamw_vs_python = per_repeat(&solo, &python);
+        let ratios = json!({
+            "engine_sgd / bare_ort": median(&sgd_vs_bare),
+            "engine_sgd / bare_ort_sgd": median(&per_repeat(&rates[0], &rates[3])),
+            "engine_adamw / bare_ort": median(&per_repeat(&rates[1], &rates[2])),
+            "engine_adamw_alone / reference_python": (!python.is_empty()).then(|| median(&adamw_vs_python)),
+            "per_repeat": {"engine_sgd / bare_ort": sgd_vs_bare, "engine_adamw_alone / reference_python": adamw_vs_python},
+        });
         let mut figures = serde_json::Map::new();
         for ((name, _), r) in variants.iter().zip(&rates) {
             figures.insert(
@@ -387,39 +442,55 @@ fn main() -> Result<()> {
             );
         }
         figures.insert(
+            "engine_adamw_alone".into(),
+            json!({"samples_per_s": solo, "median": median(&solo)}),
+        );
+        figures.insert(
             "reference_python".into(),
-            json!({"samples_per_s": ref_rates, "best": ref_top, "median": ref_med, "steps_per_repeat": py_steps,
-                   "onnxruntime_training": reference.as_ref().map(|v| v["onnxruntime"].clone())}),
+            json!({"samples_per_s": python, "median": ref_med, "steps_per_repeat": py_steps,
+                   "onnxruntime_training": ref_version}),
         );
         results.insert(
             model.clone(),
-            json!({"parameters": manifest.parameter_count(), "figures": figures, "ratios": ratios}),
+            json!({"parameters": manifest.parameter_count(), "turn_steps": turn_steps, "figures": figures, "ratios": ratios}),
         );
-        rows.push((model.clone(), top[0], top[1], top[2], top[3], ref_top));
+        let ratio_a_c = (!python.is_empty()).then(|| median(&adamw_vs_python));
+        rows.push((
+            model.clone(),
+            med[0],
+            med[1],
+            med[2],
+            med[3],
+            median(&solo),
+            ref_med,
+            median(&sgd_vs_bare),
+            ratio_a_c,
+        ));
     }
 
     println!();
     println!(
-        "train-step throughput, samples/s (batch {}, {} intra-op thread(s), best of {} interleaved runs of {:.1} s)",
+        "train-step throughput, samples/s: batch {}, {} intra-op thread(s), median of {} repeats of {:.1} s",
         settings.batch, settings.threads, settings.repeats, settings.seconds
     );
+    println!("phase 1 (a)/(b): Rust variants take turns of {TURN_SECONDS} s; phase 2 (a)/(c): engine AdamW alone and Python alternate");
     println!(
-        "{:<6} {:>12} {:>12} {:>12} {:>12} {:>14} {:>11} {:>11}",
+        "{:<5} {:>9} {:>10} {:>9} {:>9} | {:>10} {:>9} | {:>10} {:>11}",
         "model",
         "(a) SGD",
         "(a) AdamW",
         "(b) bare",
         "(b)+SGD",
-        "(c) ref AdamW",
+        "(a) AdamW",
+        "(c) ref",
         "(a)SGD/(b)",
         "(a)AdamW/(c)"
     );
-    for (model, a_sgd, a_adamw, b, b_sgd, c) in &rows {
+    for (model, a_sgd, a_adamw, b, b_sgd, solo, c, r_ab, r_ac) in &rows {
         let c_text = c.map_or("n/a".to_string(), |c| format!("{c:.0}"));
-        let ratio_c = c.map_or("n/a".to_string(), |c| format!("{:.2}", a_adamw / c));
+        let r_ac = r_ac.map_or("n/a".to_string(), |r| format!("{r:.3}"));
         println!(
-            "{model:<6} {a_sgd:>12.0} {a_adamw:>12.0} {b:>12.0} {b_sgd:>12.0} {c_text:>14} {:>11.3} {ratio_c:>11}",
-            a_sgd / b
+            "{model:<5} {a_sgd:>9.0} {a_adamw:>10.0} {b:>9.0} {b_sgd:>9.0} | {solo:>10.0} {c_text:>9} | {r_ab:>10.3} {r_ac:>11}"
         );
     }
     println!("targets: (a)SGD/(b) >= 0.95, (a)AdamW/(c) >= 1.0");
@@ -429,7 +500,7 @@ fn main() -> Result<()> {
         "inputs": {
             "batch": settings.batch,
             "repeats": settings.repeats,
-            "statistic": "best (max samples/s) of the interleaved repeats in the table and ratios.best; medians in ratios.median",
+            "statistic": "phase 1: the four Rust variants take turns of about 0.05 s until each ran `seconds`; phase 2: engine AdamW alone for `seconds`, then one Python run of as many steps, alternating; figures are medians over repeats, ratios medians of per-repeat ratios",
             "seconds_per_measurement": settings.seconds,
             "intra_op_threads": settings.threads,
             "models": settings.models,
