@@ -142,7 +142,7 @@ where
                 return false;
             };
             let first = rest.split("__").next().unwrap_or_default().to_lowercase();
-            fields.iter().any(|f| *f == first)
+            fields.contains(&first)
         })
         .collect()
 }

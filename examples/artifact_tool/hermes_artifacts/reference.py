@@ -25,7 +25,11 @@ BATCH_SIZE = 64
 #: float-rounding differences between runtimes grow past 1e-4.
 SGD_LR = {"mlp": 0.05, "cnn": 0.01, "cnn_grouped": 0.01}
 DEFAULT_SGD_LR = 0.01
-ADAMW_LR = 0.001
+ADAMW_LR = {"cnn": 3e-4, "cnn_grouped": 3e-4}
+# Rounding noise in the CNN's max-pool/ReLU decisions grows over 100 AdamW
+# steps at 1e-3 past what even the reference reproduces across thread counts
+# (2e-4); at 3e-4 reference and lowered runs stay within 1.3e-5.
+DEFAULT_ADAMW_LR = 0.001
 STEPS = 100
 
 
@@ -160,7 +164,8 @@ def write_reference(art_dir: Path, manifest: Dict, seed: int = 0) -> Dict:
         _flat(sgd.parameters(), order).tofile(ref / "sgd_final.bin")
 
     adamw = ReferenceTrainer(art_dir, manifest, art_dir / "optimizer_model.onnx")
-    adamw_losses = adamw.trajectory(inputs, labels, ADAMW_LR, STEPS)
+    adamw_lr = ADAMW_LR.get(manifest["model"], DEFAULT_ADAMW_LR)
+    adamw_losses = adamw.trajectory(inputs, labels, adamw_lr, STEPS)
     _flat(adamw.parameters(), order).tofile(ref / "adamw_final.bin")
 
     opt = manifest["optimizer"]
@@ -181,7 +186,7 @@ def write_reference(art_dir: Path, manifest: Dict, seed: int = 0) -> Dict:
                 "final_parameters": "sgd_final.bin",
             },
             "adamw": {
-                "lr": ADAMW_LR,
+                "lr": adamw_lr,
                 "beta1": opt["beta1"],
                 "beta2": opt["beta2"],
                 "epsilon": opt["epsilon"],
