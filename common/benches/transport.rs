@@ -32,7 +32,7 @@ async fn ours(cfg: &KafkaConfig, payload: &[u8]) -> anyhow::Result<f64> {
     tx.create_run_topics().await?;
     let topic = tx.topics().model();
     let mut rx = tx
-        .receiver(&[topic.clone()], "bench-rx", StartAt::Beginning)
+        .receiver(std::slice::from_ref(&topic), "bench-rx", StartAt::Beginning)
         .await?;
     // Warm-up: connections and the idempotent producer id are set up outside the timing.
     tx.send_payload(&topic, "k", MessageKind::Model, b"warm-up")

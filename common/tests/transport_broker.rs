@@ -27,7 +27,7 @@ async fn fifty_megabytes_round_trip_byte_identical() {
     tx.create_run_topics().await.expect("topics");
     let topic = tx.topics().model();
     let mut rx = tx
-        .receiver(&[topic.clone()], "big-rx", StartAt::Beginning)
+        .receiver(std::slice::from_ref(&topic), "big-rx", StartAt::Beginning)
         .await
         .expect("receiver");
 
@@ -65,7 +65,7 @@ async fn thousand_small_messages_keep_per_key_order() {
     tx.create_run_topics().await.expect("topics");
     let topic = tx.topics().updates(); // several partitions
     let mut rx = tx
-        .receiver(&[topic.clone()], "order-rx", StartAt::Beginning)
+        .receiver(std::slice::from_ref(&topic), "order-rx", StartAt::Beginning)
         .await
         .expect("receiver");
 
@@ -123,7 +123,7 @@ async fn bad_records_are_counted_and_skipped() {
     tx.create_run_topics().await.expect("topics");
     let topic = tx.topics().status();
     let mut rx = tx
-        .receiver(&[topic.clone()], "bad-rx", StartAt::Beginning)
+        .receiver(std::slice::from_ref(&topic), "bad-rx", StartAt::Beginning)
         .await
         .expect("receiver");
 
