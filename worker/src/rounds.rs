@@ -117,13 +117,23 @@ pub fn emulated_idle(compute: Duration, slowdown: f64) -> Duration {
 }
 
 /// The plain statement of an emulated slowdown, e.g.
-/// `emulated slowdown 3.0x: idled 1.2 s after 0.6 s of compute`.
+/// `emulated slowdown 3.0x: idled 1.2 s after 0.6 s of compute`
+/// (milliseconds below one second).
 pub fn slowdown_statement(slowdown: f64, compute: Duration, idle: Duration) -> String {
     format!(
-        "emulated slowdown {slowdown:.1}x: idled {:.1} s after {:.1} s of compute",
-        idle.as_secs_f64(),
-        compute.as_secs_f64()
+        "emulated slowdown {slowdown:.1}x: idled {} after {} of compute",
+        human(idle),
+        human(compute)
     )
+}
+
+/// `1.2 s`, or `35 ms` below one second.
+fn human(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
 }
 
 #[cfg(test)]
@@ -194,7 +204,15 @@ mod tests {
         assert_eq!(emulated_idle(compute, f64::NAN), Duration::ZERO);
         assert_eq!(
             slowdown_statement(3.0, compute, Duration::from_millis(1200)),
-            "emulated slowdown 3.0x: idled 1.2 s after 0.6 s of compute"
+            "emulated slowdown 3.0x: idled 1.2 s after 600 ms of compute"
+        );
+        assert_eq!(
+            slowdown_statement(
+                1.5,
+                Duration::from_millis(35),
+                Duration::from_micros(17_500)
+            ),
+            "emulated slowdown 1.5x: idled 17 ms after 35 ms of compute"
         );
     }
 }
