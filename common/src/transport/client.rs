@@ -66,6 +66,11 @@ pub fn producer_config(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfi
         .set("acks", "all")
         .set("compression.codec", compression)
         .set("linger.ms", "5")
+        // One record batch must fit the topics' `max.message.bytes`
+        // (chunk size + 2 KiB, see `Transport::topic_spec`): with the default
+        // (1 MB) two poorly compressible chunks share a batch and the broker
+        // refuses it with MessageSizeTooLarge.
+        .set("batch.size", (cfg.chunk_bytes + 2048).to_string())
         .set("message.timeout.ms", "120000");
     for (k, v) in &cfg.extra {
         c.set(k, v);
