@@ -430,6 +430,12 @@ impl Worker {
                     global_version = p.global.version,
                     "model package received"
                 );
+                // Packages go to registered workers only: a lost Welcome must
+                // not keep us re-registering (which could bring another package).
+                if !self.welcomed {
+                    tracing::info!("registered with the master (package received)");
+                    self.welcomed = true;
+                }
                 // Everything before the package belongs to the previous one.
                 let dropped = self.shards.len();
                 self.shards.clear();
