@@ -24,10 +24,15 @@ pub struct Checkpoint {
 pub fn save(run_dir: &Path, version: u64, parameters: &[f32]) -> anyhow::Result<PathBuf> {
     let path = run_dir.join(FILE);
     let tmp = run_dir.join(format!("{FILE}.tmp"));
-    let bytes = common::protocol::encode(&Checkpoint { version, parameters: parameters.to_vec() })?;
+    let bytes = common::protocol::encode(&Checkpoint {
+        version,
+        parameters: parameters.to_vec(),
+    })?;
     let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    f.write_all(&bytes).with_context(|| format!("write {}", tmp.display()))?;
-    f.sync_all().with_context(|| format!("sync {}", tmp.display()))?;
+    f.write_all(&bytes)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("sync {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("rename to {}", path.display()))?;
     Ok(path)
 }
@@ -35,7 +40,8 @@ pub fn save(run_dir: &Path, version: u64, parameters: &[f32]) -> anyhow::Result<
 /// Reads a checkpoint written by [`save`].
 pub fn load(path: &Path) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    common::protocol::decode(&bytes, 4 * 1024 * 1024 * 1024).with_context(|| format!("decode {}", path.display()))
+    common::protocol::decode(&bytes, 4 * 1024 * 1024 * 1024)
+        .with_context(|| format!("decode {}", path.display()))
 }
 
 #[cfg(test)]
@@ -47,7 +53,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = save(dir.path(), 7, &[1.0, -2.5]).expect("saved");
         let back = load(&path).expect("loaded");
-        assert_eq!(back, Checkpoint { version: 7, parameters: vec![1.0, -2.5] });
+        assert_eq!(
+            back,
+            Checkpoint {
+                version: 7,
+                parameters: vec![1.0, -2.5]
+            }
+        );
         assert!(!dir.path().join("checkpoint.bin.tmp").exists());
     }
 

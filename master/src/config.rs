@@ -1,15 +1,24 @@
 //! The master's configuration (`conf/master.json`, then `HERMES_*` overrides).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use common::config::{KafkaConfig, LoggingConfig};
+use common::data::DatasetSource;
+use common::engine::OptimizerConfig;
+use common::stats::GateConfig;
+
+use crate::aggregation::AggregationConfig;
+use crate::allocation::AllocationConfig;
+use crate::policy::PolicyConfig;
 
 /// Everything the master reads at start-up.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MasterConfig {
     /// Names the run: topics are `<kafka.topic_prefix>.<run_id>.*` and workers
-    /// must use the same value.
+    /// must use the same value. Outputs go to `<data_dir>/runs/<run_id>/`.
     pub run_id: String,
     /// Kafka connection.
     pub kafka: KafkaConfig,
@@ -19,8 +28,27 @@ pub struct MasterConfig {
     pub min_workers: usize,
     /// Seconds to wait for `min_workers` registrations before giving up.
     pub registration_timeout_secs: u64,
+    /// A worker whose heartbeats stop for this many seconds is marked gone and
+    /// its outstanding shard goes back to the pool.
+    pub heartbeat_timeout_secs: u64,
     /// Folder for run outputs, centralized logs and status files.
-    pub data_dir: std::path::PathBuf,
+    pub data_dir: PathBuf,
+    /// The dataset and how it is split.
+    pub dataset: DatasetConfig,
+    /// The model (training artifacts) and the engine evaluating it.
+    pub model: ModelConfig,
+    /// How workers train locally.
+    pub training: TrainingConfig,
+    /// The workers' loss gate (Hermes).
+    pub gate: GateConfig,
+    /// Dynamic dataset allocation.
+    pub allocation: AllocationConfig,
+    /// Aggregation weights and the staleness bound.
+    pub aggregation: AggregationConfig,
+    /// The synchronization policy: `hermes`, `bsp`, `asp` or `ssp`.
+    pub policy: PolicyConfig,
+    /// When the run ends.
+    pub stop: StopConfig,
 }
 
 impl Default for MasterConfig {
@@ -31,7 +59,124 @@ impl Default for MasterConfig {
             logging: LoggingConfig::default(),
             min_workers: 1,
             registration_timeout_secs: 120,
+            heartbeat_timeout_secs: 15,
             data_dir: "data".into(),
+            dataset: DatasetConfig::default(),
+            model: ModelConfig::default(),
+            training: TrainingConfig::default(),
+            gate: GateConfig::default(),
+            allocation: AllocationConfig::default(),
+            aggregation: AggregationConfig::default(),
+            policy: PolicyConfig::default(),
+            stop: StopConfig::default(),
+        }
+    }
+}
+
+/// The dataset, its preprocessing and its split.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// Where the samples come from (paths relative to `data_dir`).
+    pub source: DatasetSource,
+    /// Divide every feature by this value (255 for 8-bit pixels); `null` keeps them.
+    pub scale_max: Option<f32>,
+    /// Samples held out for the master's test evaluation.
+    pub test_samples: usize,
+    /// Samples set aside as the pool of the workers' fixed validation splits.
+    pub validation_samples: usize,
+    /// Size of each worker's validation split, drawn from the pool by worker id.
+    pub validation_per_worker: usize,
+    /// Seed of the split.
+    pub seed: u64,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self {
+            source: DatasetSource::mnist_5k("mnist/mnist_5k.csv.gz"),
+            scale_max: Some(255.0),
+            test_samples: 1000,
+            validation_samples: 500,
+            validation_per_worker: 250,
+            seed: 7,
+        }
+    }
+}
+
+/// The model as lowered training artifacts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Folder with `manifest.json` and the lowered graphs (made by
+    /// `examples/build_artifacts.sh` or the artifact tool).
+    pub artifacts: PathBuf,
+    /// `libonnxruntime.so` for the master's evaluation; see the worker's
+    /// `engine.ort_library` for the lookup order when absent.
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads for evaluation (0 = ONNX Runtime decides).
+    pub intra_op_threads: usize,
+    /// Batch size of the test evaluation.
+    pub eval_batch_size: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            artifacts: "examples/artifacts/mlp".into(),
+            ort_library: None,
+            intra_op_threads: 1,
+            eval_batch_size: 500,
+        }
+    }
+}
+
+/// Local training on the workers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Local epochs over the shard per round.
+    pub epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+    /// The optimizer (`{"kind": "sgd", "lr": 0.05, "momentum": 0.9}` or `{"kind": "adamw", ...}`).
+    pub optimizer: OptimizerConfig,
+    /// Seed of the workers' shuffling.
+    pub seed: u64,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch_size: 32,
+            optimizer: OptimizerConfig::default(),
+            seed: 42,
+        }
+    }
+}
+
+/// Stop criteria; the first one met ends the run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StopConfig {
+    /// Stop when the global model's test accuracy reaches this (0..1).
+    pub target_accuracy: Option<f64>,
+    /// Stop after this many versions without a new best test loss.
+    pub patience_versions: Option<u64>,
+    /// Stop after this many global versions.
+    pub max_versions: u64,
+    /// Stop after this many seconds of training.
+    pub max_wall_secs: u64,
+}
+
+impl Default for StopConfig {
+    fn default() -> Self {
+        Self {
+            target_accuracy: Some(0.9),
+            patience_versions: None,
+            max_versions: 1000,
+            max_wall_secs: 600,
         }
     }
 }
@@ -41,6 +186,46 @@ impl MasterConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.run_id.trim().is_empty(), "run_id must not be empty");
         anyhow::ensure!(self.min_workers >= 1, "min_workers must be at least 1");
+        anyhow::ensure!(
+            self.heartbeat_timeout_secs > 0,
+            "heartbeat_timeout_secs must be > 0"
+        );
+        anyhow::ensure!(
+            self.training.epochs >= 1,
+            "training.epochs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.training.batch_size >= 1,
+            "training.batch_size must be at least 1"
+        );
+        anyhow::ensure!(
+            self.model.eval_batch_size >= 1,
+            "model.eval_batch_size must be at least 1"
+        );
+        anyhow::ensure!(
+            self.dataset.validation_per_worker >= 1
+                && self.dataset.validation_per_worker <= self.dataset.validation_samples,
+            "dataset.validation_per_worker must be between 1 and dataset.validation_samples"
+        );
+        if let Some(t) = self.stop.target_accuracy {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&t),
+                "stop.target_accuracy must be in [0, 1], got {t}"
+            );
+        }
+        self.training
+            .optimizer
+            .validate()
+            .map_err(|e| anyhow::anyhow!("training.optimizer: {e}"))?;
+        self.gate
+            .validate()
+            .map_err(|e| anyhow::anyhow!("gate: {e}"))?;
+        self.allocation
+            .validate()
+            .map_err(|e| anyhow::anyhow!("allocation: {e}"))?;
+        self.aggregation
+            .validate()
+            .map_err(|e| anyhow::anyhow!("aggregation: {e}"))?;
         Ok(())
     }
 }

@@ -3,16 +3,7 @@
 //! `master --conf conf/master.json` runs training; `master deploy ...` bootstraps
 //! remote workers over SSH. This file only wires things together.
 
-// Used by the training loop (issue 4); allow until it is wired in.
-#[allow(dead_code)]
-mod aggregation;
-#[allow(dead_code)]
-mod allocation;
-mod config;
-mod deploy;
-#[allow(dead_code)]
-mod policy;
-mod run;
+use master::{config, deploy, run};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

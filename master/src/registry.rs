@@ -214,10 +214,17 @@ mod tests {
         assert_eq!(r.register(reg("a", 1)), Joined::New);
         assert_eq!(r.register(reg("a", 1)), Joined::Repeat);
         assert_eq!(r.register(reg("a", 2)), Joined::Rejoined);
-        assert!(r.current("a", 1).is_none(), "old incarnation no longer current");
+        assert!(
+            r.current("a", 1).is_none(),
+            "old incarnation no longer current"
+        );
         assert!(r.mark_gone("a"));
         assert!(!r.mark_gone("a"));
-        assert_eq!(r.register(reg("a", 2)), Joined::Rejoined, "back after being gone");
+        assert_eq!(
+            r.register(reg("a", 2)),
+            Joined::Rejoined,
+            "back after being gone"
+        );
         assert_eq!(r.active_ids().len(), 1);
     }
 

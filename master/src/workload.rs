@@ -107,7 +107,12 @@ impl Workload {
 
     /// Evaluates `engine`'s current parameters on the test set.
     pub fn evaluate(&self, engine: &mut Engine, batch_size: usize) -> anyhow::Result<TestResult> {
-        let batches = Batches::new(&self.dataset, &self.split.test, BatchOptions::sequential(batch_size), 0)?;
+        let batches = Batches::new(
+            &self.dataset,
+            &self.split.test,
+            BatchOptions::sequential(batch_size),
+            0,
+        )?;
         let (mut loss_sum, mut correct, mut counted) = (0.0f64, 0usize, 0usize);
         for b in batches {
             let e = engine.evaluate(&Batch::new(b.features(), b.labels()))?;
@@ -132,8 +137,8 @@ pub fn artifact_files(dir: &Path) -> anyhow::Result<(String, Vec<ArtifactFile>)>
             manifest_path.display()
         )
     })?;
-    let manifest: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", manifest_path.display()))?;
+    let manifest: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("parse {}", manifest_path.display()))?;
     let mut names = vec!["manifest.json".to_string()];
     for key in ["training_graph", "eval_graph", "initial_parameters"] {
         let name = manifest

@@ -7,7 +7,11 @@ use std::process::Command;
 fn sibling_binary(name: &str) -> std::path::PathBuf {
     let master = Path::new(env!("CARGO_BIN_EXE_master"));
     let path = master.with_file_name(name);
-    assert!(path.exists(), "{} not built: run `cargo build --workspace` first", path.display());
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -25,7 +29,10 @@ fn run_with_config(bin: &Path, text: Option<&str>) -> (bool, String) {
         .output()
         .expect("run binary");
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    (out.status.success(), stderr.replace(&path.display().to_string(), "<conf>"))
+    (
+        out.status.success(),
+        stderr.replace(&path.display().to_string(), "<conf>"),
+    )
 }
 
 fn check(bin: &Path, text: Option<&str>, expect: &[&str]) {
@@ -43,8 +50,16 @@ fn master_config_errors_are_one_line_and_named() {
     let master = Path::new(env!("CARGO_BIN_EXE_master"));
     check(master, None, &["cannot read config file"]);
     check(master, Some("{ \"run_id\": "), &["invalid JSON", "line 1"]);
-    check(master, Some(r#"{"min_workerz": 2}"#), &["field `min_workerz`", "unknown field"]);
-    check(master, Some(r#"{"kafka": {"chunk_bytes": "big"}}"#), &["field `kafka.chunk_bytes`", "invalid type"]);
+    check(
+        master,
+        Some(r#"{"min_workerz": 2}"#),
+        &["field `min_workerz`", "unknown field"],
+    );
+    check(
+        master,
+        Some(r#"{"kafka": {"chunk_bytes": "big"}}"#),
+        &["field `kafka.chunk_bytes`", "invalid type"],
+    );
 }
 
 #[test]
@@ -52,7 +67,15 @@ fn worker_config_errors_are_one_line_and_named() {
     let worker = sibling_binary("worker");
     check(&worker, None, &["cannot read config file"]);
     check(&worker, Some("[1, 2"), &["invalid JSON"]);
-    check(&worker, Some(r#"{"kafka": {"brokerz": "x"}}"#), &["field `kafka.brokerz`", "unknown field"]);
-    check(&worker, Some(r#"{"slowdown": "fast"}"#), &["field `slowdown`"]);
+    check(
+        &worker,
+        Some(r#"{"kafka": {"brokerz": "x"}}"#),
+        &["field `kafka.brokerz`", "unknown field"],
+    );
+    check(
+        &worker,
+        Some(r#"{"slowdown": "fast"}"#),
+        &["field `slowdown`"],
+    );
     check(&worker, Some(r#"{"slowdown": 0.5}"#), &["slowdown must be"]);
 }

@@ -40,7 +40,10 @@ fn master_and_two_workers_register_and_exit() {
     let run = format!("hello-{}", std::process::id());
     let master_bin = PathBuf::from(env!("CARGO_BIN_EXE_master"));
     let worker_bin = master_bin.with_file_name("worker");
-    assert!(worker_bin.exists(), "build the worker first: cargo build --workspace");
+    assert!(
+        worker_bin.exists(),
+        "build the worker first: cargo build --workspace"
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let master_conf = dir.path().join("master.json");
@@ -50,8 +53,11 @@ fn master_and_two_workers_register_and_exit() {
     )
     .expect("write master config");
     let worker_conf = dir.path().join("worker.json");
-    std::fs::write(&worker_conf, format!(r#"{{"run_id": "{run}", "kafka": {{"brokers": "{brokers}"}}}}"#))
-        .expect("write worker config");
+    std::fs::write(
+        &worker_conf,
+        format!(r#"{{"run_id": "{run}", "kafka": {{"brokers": "{brokers}"}}}}"#),
+    )
+    .expect("write worker config");
 
     let mut master = Command::new(&master_bin)
         .args(["--conf".as_ref(), master_conf.as_os_str()])

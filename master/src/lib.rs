@@ -1,0 +1,28 @@
+//! # master — the hermes-rs parameter server
+//!
+//! A map of the crate, one line per component:
+//!
+//! * [`config`] — `conf/master.json`: dataset, model, training plan, gate, allocation, policy, stop.
+//! * [`run`] — the event loop: registrations, shards, round reports, updates, new versions.
+//! * [`registry`] — the workers: liveness, incarnations, per-worker statistics.
+//! * [`workload`] — the dataset split, shard bytes, validation splits, test evaluation.
+//! * [`allocation`] — dynamic dataset allocation (shard sizes from measured throughput).
+//! * [`aggregation`] — aggregation weights, update admission, the at-most-once ledger.
+//! * [`policy`] — the sync policy trait and one file per policy (Hermes, BSP, ASP, SSP).
+//! * [`checkpoint`] — the global model on disk after every version.
+//! * [`outputs`] / [`run_outputs`] — metrics.csv, summary.json, plot, centralized log, status file, progress.
+//! * [`deploy`] — `master deploy`: bootstrap remote workers over SSH.
+//!
+//! `master` never talks to Kafka except through `common::transport`.
+
+pub mod aggregation;
+pub mod allocation;
+pub mod checkpoint;
+pub mod config;
+pub mod deploy;
+pub mod outputs;
+pub mod policy;
+pub mod registry;
+pub mod run;
+pub mod run_outputs;
+pub mod workload;
