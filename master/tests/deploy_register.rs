@@ -222,6 +222,17 @@ fn deployed_workers_register_with_a_master_over_kafka() {
     master_conf["kafka"]["brokers"] = brokers.clone().into();
     if master_conf.get("data_dir").is_some() {
         master_conf["data_dir"] = lab.path("master-data").display().to_string().into();
+        // The dataset and the artifacts stay where setup put them.
+        master_conf["dataset"]["source"]["path"] = workspace()
+            .join("data/mnist/mnist_5k.csv.gz")
+            .display()
+            .to_string()
+            .into();
+        master_conf["model"]["artifacts"] = workspace()
+            .join("examples/artifacts/mlp")
+            .display()
+            .to_string()
+            .into();
     }
     let master_conf_path = lab.path("master.json");
     std::fs::write(
