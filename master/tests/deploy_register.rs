@@ -241,7 +241,7 @@ fn deployed_workers_register_with_a_master_over_kafka() {
     )
     .unwrap();
     let (child, lines) = start_master(&master_conf_path, lab.dir.path());
-    let _master = KillOnDrop(child);
+    let master = KillOnDrop(child);
     let mut registered = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while registered.len() < 2 && Instant::now() < deadline {
@@ -261,6 +261,10 @@ fn deployed_workers_register_with_a_master_over_kafka() {
         vec!["w0", "w1"],
         "not every deployed worker registered; host0 worker.log:\n{log0}"
     );
+
+    // The master would now train with them and end the run; this test is
+    // about deployment, so it leaves (the training loop has its own tests).
+    drop(master);
 
     // stop: whatever the master told them, no worker is left running.
     let stop = lab.deploy(&cluster, &["stop"]);
