@@ -12,7 +12,7 @@
 //! | index        | 4 (u32)      |
 //! | count        | 4 (u32)      |
 //! | total length | 8 (u64)      |
-//! | digest       | 32 (SHA-256 of this chunk's data) |
+//! | digest       | 32 (BLAKE3 of this chunk's data) |
 //! | inner kind   | 1 (u8)       |
 //! | data         | 4 (u32) + n  |
 //!
@@ -37,18 +37,20 @@
 //!
 //! # Why a digest per chunk
 //!
-//! Each chunk carries the SHA-256 of its own data, checked on arrival. Every
+//! Each chunk carries the BLAKE3 hash of its own data, checked on arrival. Every
 //! byte of the payload is covered, each chunk's place is fixed by (index,
 //! count, total length), and hashing overlaps with the network on both ends:
 //! a whole-payload digest would have to be computed before the first chunk
 //! leaves and again after the last one lands, adding two full passes over a
-//! large model to every transfer's latency.
+//! large model to every transfer's latency. BLAKE3 rather than SHA-256: it is
+//! a cryptographic hash too, and about twice as fast here (SIMD), which the
+//! transport benchmark shows in end-to-end throughput. Authenticity comes
+//! from the envelope's HMAC, not from this digest.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::envelope::MessageKind;
@@ -70,7 +72,7 @@ pub struct Chunk {
     pub count: u32,
     /// Length of the whole payload in bytes.
     pub total_len: u64,
-    /// SHA-256 of the whole payload.
+    /// BLAKE3 hash of this chunk's data.
     pub digest: [u8; 32],
     /// Kind of the reassembled payload.
     pub inner_kind: MessageKind,
@@ -335,7 +337,7 @@ impl<'a> Chunks<'a> {
             index,
             count: self.geometry.count,
             total_len: self.geometry.total_len,
-            digest: Sha256::digest(data).into(),
+            digest: *blake3::hash(data).as_bytes(),
             inner_kind: self.inner_kind,
             data,
         })
@@ -822,7 +824,7 @@ fn verify_digest(
     digest: &[u8; 32],
     data: &[u8],
 ) -> Result<(), ChunkError> {
-    let actual: [u8; 32] = Sha256::digest(data).into();
+    let actual: [u8; 32] = *blake3::hash(data).as_bytes();
     // Not a secret comparison: the digest is public; authenticity comes from
     // the envelope's HMAC.
     if &actual != digest {
