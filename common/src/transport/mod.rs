@@ -202,12 +202,23 @@ impl Transport {
             self.topic_spec(t.status(), 1),
             self.topic_spec(t.logs(), 1),
         ];
-        topics::create_topics(&self.admin, &specs).await
+        self.create_topics(&specs).await
     }
 
-    /// Creates arbitrary topics (idempotent).
+    /// Creates topics (idempotent) and returns once every partition has a
+    /// leader whose log answers an offsets request.
+    ///
+    /// Producing into a partition whose log the leader has not created yet
+    /// was seen to lose the first record batches of an idempotent producer
+    /// on a fresh broker while reporting them delivered (the log started at
+    /// producer sequence 2), so nothing is sent before the topic is ready.
     pub async fn create_topics(&self, specs: &[TopicSpec]) -> Result<(), TransportError> {
-        topics::create_topics(&self.admin, specs).await
+        topics::create_topics(&self.admin, specs).await?;
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || topics::wait_until_ready(producer.client(), &names))
+            .await
+            .map_err(|e| TransportError::Config(format!("topic readiness check panicked: {e}")))?
     }
 
     /// Deletes topics (used to start a run with a clean slate).

@@ -1,10 +1,11 @@
 //! Topic names of a run and their creation through the admin API.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
 
 use super::TransportError;
 
@@ -137,6 +138,59 @@ pub async fn create_topics(
                 })
             }
         }
+    }
+    Ok(())
+}
+
+/// Waits (up to 30 s) until every partition of `names` has a leader and
+/// its log answers a watermark request.
+pub fn wait_until_ready<C: ClientContext>(
+    client: &Client<C>,
+    names: &[String],
+) -> Result<(), TransportError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in names {
+        loop {
+            let why = match partition_ready(client, name) {
+                Ok(()) => break,
+                Err(why) => why,
+            };
+            if Instant::now() >= deadline {
+                return Err(TransportError::Topic {
+                    topic: name.clone(),
+                    message: format!("not ready after 30 s: {why}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Ok when every partition of `topic` has a leader and answers a watermark request.
+fn partition_ready<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<(), String> {
+    let timeout = Timeout::After(Duration::from_secs(5));
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| "not in metadata".to_string())?;
+    if let Some(e) = t.error() {
+        return Err(format!("{e:?}"));
+    }
+    if t.partitions().is_empty() {
+        return Err("no partitions yet".into());
+    }
+    for p in t.partitions() {
+        if p.leader() < 0 || p.error().is_some() {
+            return Err(format!("partition {} has no leader yet", p.id()));
+        }
+        client
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(|e| format!("partition {}: {e}", p.id()))?;
     }
     Ok(())
 }
