@@ -2,12 +2,10 @@
 //! master applies each one in full the moment it arrives — no gate, no
 //! weighting, no damping, no waiting. The classic baseline.
 
-use std::collections::VecDeque;
-
 use anyhow::Result;
 
 use super::{
-    apply_updates, unweighted, AcceptedUpdate, AppliedUpdate, PolicyConfig, PolicyContext,
+    unweighted, AcceptedUpdate, AppliedUpdate, ArrivalQueue, PolicyConfig, PolicyContext,
     SyncPolicy,
 };
 use crate::aggregation::AggregationConfig;
@@ -15,7 +13,7 @@ use crate::aggregation::AggregationConfig;
 /// The ASP policy.
 #[derive(Debug, Default)]
 pub struct Asp {
-    pending: VecDeque<AcceptedUpdate>,
+    queue: ArrivalQueue,
 }
 
 /// Registry entry.
@@ -33,11 +31,11 @@ impl SyncPolicy for Asp {
     }
 
     fn on_update(&mut self, _ctx: &PolicyContext<'_>, update: AcceptedUpdate) {
-        self.pending.push_back(update);
+        self.queue.push(update);
     }
 
     fn ready_to_aggregate(&self, _ctx: &PolicyContext<'_>) -> bool {
-        !self.pending.is_empty()
+        !self.queue.is_empty()
     }
 
     fn aggregate(
@@ -45,16 +43,11 @@ impl SyncPolicy for Asp {
         ctx: &PolicyContext<'_>,
         global: &mut [f32],
     ) -> Result<Vec<AppliedUpdate>> {
-        let Some(first) = self.pending.front() else {
-            return Ok(Vec::new());
-        };
-        let applied = apply_updates(ctx, global, std::slice::from_ref(first), unweighted)?;
-        self.pending.pop_front();
-        Ok(applied)
+        self.queue.apply_oldest(ctx, global, unweighted)
     }
 
     fn pending(&self) -> usize {
-        self.pending.len()
+        self.queue.len()
     }
 }
 

@@ -3,27 +3,23 @@
 //! weighted by samples and loss and damped by staleness (see `aggregation`).
 //! Nobody ever waits for anybody.
 
-use std::collections::VecDeque;
-
 use anyhow::Result;
 
-use super::{
-    apply_updates, AcceptedUpdate, AppliedUpdate, PolicyConfig, PolicyContext, SyncPolicy,
-};
+use super::{AcceptedUpdate, AppliedUpdate, ArrivalQueue, PolicyConfig, PolicyContext, SyncPolicy};
 use crate::aggregation::AggregationConfig;
 
 /// The Hermes policy.
 #[derive(Debug)]
 pub struct Hermes {
     aggregation: AggregationConfig,
-    pending: VecDeque<AcceptedUpdate>,
+    queue: ArrivalQueue,
 }
 
 /// Registry entry.
 pub fn build(_: &PolicyConfig, aggregation: &AggregationConfig) -> Box<dyn SyncPolicy> {
     Box::new(Hermes {
         aggregation: aggregation.clone(),
-        pending: VecDeque::new(),
+        queue: ArrivalQueue::default(),
     })
 }
 
@@ -37,11 +33,11 @@ impl SyncPolicy for Hermes {
     }
 
     fn on_update(&mut self, _ctx: &PolicyContext<'_>, update: AcceptedUpdate) {
-        self.pending.push_back(update);
+        self.queue.push(update);
     }
 
     fn ready_to_aggregate(&self, _ctx: &PolicyContext<'_>) -> bool {
-        !self.pending.is_empty()
+        !self.queue.is_empty()
     }
 
     fn aggregate(
@@ -49,22 +45,17 @@ impl SyncPolicy for Hermes {
         ctx: &PolicyContext<'_>,
         global: &mut [f32],
     ) -> Result<Vec<AppliedUpdate>> {
-        let Some(first) = self.pending.front() else {
-            return Ok(Vec::new());
-        };
         let config = &self.aggregation;
-        let applied = apply_updates(ctx, global, std::slice::from_ref(first), |u, staleness| {
+        self.queue.apply_oldest(ctx, global, |u, staleness| {
             (
                 config.share_weight(u.samples, u.loss),
                 config.damping(staleness),
             )
-        })?;
-        self.pending.pop_front();
-        Ok(applied)
+        })
     }
 
     fn pending(&self) -> usize {
-        self.pending.len()
+        self.queue.len()
     }
 }
 

@@ -191,6 +191,44 @@ pub fn registry(
     }
 }
 
+/// Accepted updates applied one at a time in arrival order, each as its own
+/// version (Hermes, ASP and SSP share this; they differ in weighting and in
+/// who may start a round).
+#[derive(Debug, Default)]
+struct ArrivalQueue {
+    pending: std::collections::VecDeque<AcceptedUpdate>,
+}
+
+impl ArrivalQueue {
+    fn push(&mut self, update: AcceptedUpdate) {
+        self.pending.push_back(update);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Applies the oldest update (weighted by `weigh`); it stays queued if
+    /// applying it fails.
+    fn apply_oldest(
+        &mut self,
+        ctx: &PolicyContext<'_>,
+        global: &mut [f32],
+        weigh: impl Fn(&AcceptedUpdate, u64) -> (f64, f64),
+    ) -> Result<Vec<AppliedUpdate>> {
+        let Some(first) = self.pending.front() else {
+            return Ok(Vec::new());
+        };
+        let applied = apply_updates(ctx, global, std::slice::from_ref(first), weigh)?;
+        self.pending.pop_front();
+        Ok(applied)
+    }
+}
+
 /// Applies `updates` to `global` as one aggregation step. `weigh` gives each
 /// update's (share weight, damping) from the update and its staleness.
 fn apply_updates(

@@ -6,12 +6,12 @@
 //! restart) starts at the slowest active clock, so it neither blocks the others
 //! nor gets to run far ahead.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 
 use super::{
-    apply_updates, unweighted, AcceptedUpdate, AppliedUpdate, PolicyConfig, PolicyContext,
+    unweighted, AcceptedUpdate, AppliedUpdate, ArrivalQueue, PolicyConfig, PolicyContext,
     SyncPolicy,
 };
 use crate::aggregation::AggregationConfig;
@@ -20,7 +20,7 @@ use crate::aggregation::AggregationConfig;
 #[derive(Debug)]
 pub struct Ssp {
     bound: u64,
-    pending: VecDeque<AcceptedUpdate>,
+    queue: ArrivalQueue,
     clocks: BTreeMap<String, u64>,
 }
 
@@ -28,7 +28,7 @@ pub struct Ssp {
 pub fn build(config: &PolicyConfig, _: &AggregationConfig) -> Box<dyn SyncPolicy> {
     Box::new(Ssp {
         bound: config.staleness_bound,
-        pending: VecDeque::new(),
+        queue: ArrivalQueue::default(),
         clocks: BTreeMap::new(),
     })
 }
@@ -53,11 +53,11 @@ impl SyncPolicy for Ssp {
     }
 
     fn on_update(&mut self, _ctx: &PolicyContext<'_>, update: AcceptedUpdate) {
-        self.pending.push_back(update);
+        self.queue.push(update);
     }
 
     fn ready_to_aggregate(&self, _ctx: &PolicyContext<'_>) -> bool {
-        !self.pending.is_empty()
+        !self.queue.is_empty()
     }
 
     fn aggregate(
@@ -65,12 +65,7 @@ impl SyncPolicy for Ssp {
         ctx: &PolicyContext<'_>,
         global: &mut [f32],
     ) -> Result<Vec<AppliedUpdate>> {
-        let Some(first) = self.pending.front() else {
-            return Ok(Vec::new());
-        };
-        let applied = apply_updates(ctx, global, std::slice::from_ref(first), unweighted)?;
-        self.pending.pop_front();
-        Ok(applied)
+        self.queue.apply_oldest(ctx, global, unweighted)
     }
 
     fn may_start_round(&self, ctx: &PolicyContext<'_>, worker: &str) -> bool {
@@ -100,7 +95,7 @@ impl SyncPolicy for Ssp {
     }
 
     fn pending(&self) -> usize {
-        self.pending.len()
+        self.queue.len()
     }
 }
 
