@@ -377,6 +377,17 @@ pub fn check_rows_agree(summary: &RunSummary, rows: &[MetricsRow]) -> anyhow::Re
 
 #[cfg(test)]
 mod tests {
+    /// summary.json is compared exactly with metrics.csv, so reading it back
+    /// must give the same f64 (serde_json's `float_roundtrip`; without it a
+    /// value such as this one came back one ULP off in a real run).
+    #[test]
+    fn floats_read_back_exactly() {
+        let x = 1.4312069416046145_f64;
+        let text = serde_json::to_string(&x).expect("serialize");
+        let back: f64 = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back.to_bits(), x.to_bits(), "{text}");
+    }
+
     use super::super::metrics::tests::row;
     use super::super::metrics::MetricsWriter;
     use super::*;
