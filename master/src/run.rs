@@ -520,7 +520,7 @@ impl Master {
                         delta: update.delta,
                     },
                 );
-                self.uncommitted = Some(d.clone_meta());
+                self.uncommitted = Some(position_of(d));
             }
         }
         self.aggregate_ready().await
@@ -812,20 +812,11 @@ impl Master {
 }
 
 /// A delivery's position without its payload, for committing later.
-trait CloneMeta {
-    fn clone_meta(&self) -> Delivery;
-}
-
-impl CloneMeta for Delivery {
-    fn clone_meta(&self) -> Delivery {
-        Delivery {
-            kind: self.kind,
-            sender: self.sender.clone(),
-            sequence: self.sequence,
-            payload: Vec::new(),
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
-        }
+fn position_of(d: &Delivery) -> Delivery {
+    Delivery {
+        payload: Vec::new(),
+        sender: d.sender.clone(),
+        topic: d.topic.clone(),
+        ..*d
     }
 }
