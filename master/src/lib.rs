@@ -12,11 +12,14 @@
 //! * [`checkpoint`] — the global model on disk after every version.
 //! * [`outputs`] / [`run_outputs`] — metrics.csv, summary.json, plot, centralized log, status file, progress.
 //! * [`deploy`] — `master deploy`: bootstrap remote workers over SSH.
+//! * [`testbed`] — `master testbed`: namespaces, shaped links, CPU/memory caps, trace replay.
+//! * [`bench`] — `master bench`: every policy on a testbed profile, compared.
 //!
 //! `master` never talks to Kafka except through `common::transport`.
 
 pub mod aggregation;
 pub mod allocation;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod deploy;
@@ -25,4 +28,5 @@ pub mod policy;
 pub mod registry;
 pub mod run;
 pub mod run_outputs;
+pub mod testbed;
 pub mod workload;
