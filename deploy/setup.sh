@@ -9,7 +9,7 @@ step() { printf '\n\033[1m[setup] %s\033[0m\n' "$*"; }
 
 apt_packages=(cmake pkg-config libcurl4-openssl-dev libsasl2-dev libssl-dev zlib1g-dev
   libzstd-dev openssh-server openssh-client docker-compose iproute2 maven
-  openjdk-17-jre-headless python3-venv fonts-dejavu-core)
+  openjdk-17-jre-headless python3-venv fonts-dejavu-core iperf3 kcat)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

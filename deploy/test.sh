@@ -13,6 +13,8 @@ bash deploy/kafka/start.sh --check >/dev/null 2>&1 && broker_was_running=1
 bash deploy/kafka/start.sh
 if [ "$broker_was_running" = 0 ]; then trap 'bash deploy/kafka/stop.sh' EXIT; fi
 export HERMES_TEST_BROKERS="${HERMES_TEST_BROKERS:-127.0.0.1:${KAFKA_PORT:-9092}}"
+# The testbed tests (namespaces, tc, cgroups) need root; as root they must run.
+if [ "$(id -u)" = 0 ]; then export HERMES_TESTBED_TESTS=required; fi
 
 echo "[test] cargo fmt --check";  cargo fmt --all -- --check
 echo "[test] cargo clippy";       cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -111,6 +111,9 @@ pub struct Registration {
     pub cores: u32,
     /// Emulated slowdown factor (1.0 = none); stated in every report.
     pub slowdown: f64,
+    /// How the device is emulated (testbed namespace, links, caps); empty =
+    /// a real device. Stated in the run summary.
+    pub emulation: String,
 }
 
 /// Worker → master messages on the status stream.
@@ -298,6 +301,7 @@ mod tests {
             arch: "aarch64".into(),
             cores: 4,
             slowdown: 2.5,
+            emulation: "testbed t: netns".into(),
         });
         let bytes = encode(&msg).expect("encodes");
         let back: StatusMessage = decode(&bytes, 1024).expect("decodes");

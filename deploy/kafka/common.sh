@@ -13,6 +13,10 @@
 #                          (written at the first clean stop), 0: off   default 1
 #   KAFKA_EXTRA_PROPS      extra broker properties, whitespace-separated key=value
 #                          pairs that override the defaults (e.g. auto.create.topics.enable=true)
+#   KAFKA_EXTERNAL_LISTENER  an extra client listener for other devices, host:port to
+#                          bind (e.g. 0.0.0.0:19094); off when empty       default ''
+#   KAFKA_EXTERNAL_ADVERTISED  host:port that listener tells clients (the address the
+#                          devices reach); default: KAFKA_EXTERNAL_LISTENER
 
 kafka_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$kafka_dir/../.." && pwd)"
@@ -27,6 +31,8 @@ KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-60}"
 KAFKA_CDS="${KAFKA_CDS:-1}"
 KAFKA_EXTRA_PROPS="${KAFKA_EXTRA_PROPS:-}"
+KAFKA_EXTERNAL_LISTENER="${KAFKA_EXTERNAL_LISTENER:-}"
+KAFKA_EXTERNAL_ADVERTISED="${KAFKA_EXTERNAL_ADVERTISED:-$KAFKA_EXTERNAL_LISTENER}"
 
 pid_file="$KAFKA_STATE_DIR/broker.pid"
 log_file="$KAFKA_STATE_DIR/broker.log"

@@ -79,6 +79,21 @@ for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
     fi
 done
 
+listeners="PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT"
+advertised="PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT"
+protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+if [ -n "$KAFKA_EXTERNAL_LISTENER" ]; then
+    for hp in "$KAFKA_EXTERNAL_LISTENER" "$KAFKA_EXTERNAL_ADVERTISED"; do
+        case "$hp" in
+            ?*:[0-9]*) check_port_value "the port of '$hp'" "${hp##*:}" ;;
+            *) die "KAFKA_EXTERNAL_LISTENER / KAFKA_EXTERNAL_ADVERTISED must be host:port, got '$hp'" ;;
+        esac
+    done
+    listeners="$listeners,EXTERNAL://$KAFKA_EXTERNAL_LISTENER"
+    advertised="$advertised,EXTERNAL://$KAFKA_EXTERNAL_ADVERTISED"
+    protocols="$protocols,EXTERNAL:PLAINTEXT"
+fi
+
 mkdir -p "$KAFKA_DATA_DIR" || die "cannot create KAFKA_DATA_DIR $KAFKA_DATA_DIR"
 
 # The config is regenerated on every start so port/dir changes take effect.
@@ -87,11 +102,11 @@ cat >"$props_file" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
 log.dirs=$KAFKA_DATA_DIR
 
 # Single node: every internal topic has one replica.

@@ -3,7 +3,7 @@
 //! `master --conf conf/master.json` runs training; `master deploy ...` bootstraps
 //! remote workers over SSH. This file only wires things together.
 
-use master::{config, deploy, run};
+use master::{bench, config, deploy, run, testbed};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -15,9 +15,10 @@ use clap::{Parser, Subcommand};
     about = "hermes-rs master (parameter server)"
 )]
 struct Cli {
-    /// Master configuration file.
-    #[arg(long, default_value = "conf/master.json", global = true)]
-    conf: std::path::PathBuf,
+    /// Configuration file: the master's (default `conf/master.json`), or for
+    /// `testbed` the testbed profile (default `conf/testbed.json`).
+    #[arg(long, global = true)]
+    conf: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -28,6 +29,10 @@ enum Command {
     Run,
     /// Bootstrap, inspect and stop remote workers over SSH.
     Deploy(deploy::DeployArgs),
+    /// Emulated edge testbed: namespaces, shaped links, CPU/memory caps, traces.
+    Testbed(testbed::TestbedArgs),
+    /// Run every policy on a testbed profile and compare them.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,10 +49,20 @@ fn dispatch() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Deploy(args)) => deploy::run(args),
+        Some(Command::Testbed(args)) => {
+            common::logging::init("info", "testbed", None);
+            let conf = cli.conf.unwrap_or_else(|| "conf/testbed.json".into());
+            testbed::run(args, &conf)
+        }
+        Some(Command::Bench(args)) => {
+            common::logging::init("info", "bench", None);
+            bench::run(args)
+        }
         Some(Command::Run) | None => {
-            let cfg: config::MasterConfig = common::config::load(&cli.conf)?;
+            let conf = cli.conf.unwrap_or_else(|| "conf/master.json".into());
+            let cfg: config::MasterConfig = common::config::load(&conf)?;
             cfg.validate()
-                .with_context(|| format!("{}: invalid configuration", cli.conf.display()))?;
+                .with_context(|| format!("{}: invalid configuration", conf.display()))?;
             let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
             runtime.block_on(run::run(cfg))
         }

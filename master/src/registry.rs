@@ -205,6 +205,7 @@ mod tests {
             arch: "x86_64".into(),
             cores: 2,
             slowdown: 1.0,
+            emulation: String::new(),
         }
     }
 

@@ -206,6 +206,11 @@ impl RunOutputs {
                             0.0
                         },
                         slowdown: w.registration.slowdown,
+                        emulation: if w.registration.emulation.is_empty() {
+                            "real device (not emulated)".into()
+                        } else {
+                            w.registration.emulation.clone()
+                        },
                         updates_accepted: st.updates_accepted,
                         updates_rejected: st.updates_rejected,
                         shards_received: st.shards_received,

@@ -136,6 +136,7 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         arch: "x86_64".into(),
         cores: 1,
         slowdown: 1.0,
+        emulation: String::new(),
     });
     let heartbeat = StatusMessage::Heartbeat {
         worker_id: "intruder".into(),

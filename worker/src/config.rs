@@ -28,6 +28,10 @@ pub struct WorkerConfig {
     /// `(slowdown - 1) ×` the time it measured, so 3.0 makes it look three
     /// times slower. 1.0 = real speed. Stated in every report.
     pub slowdown: f64,
+    /// How this worker's device is emulated, in words (set by `master
+    /// testbed`: namespace, link rates, caps); `null` = a real device. Sent
+    /// in the registration and stated in the run summary.
+    pub emulation: Option<String>,
     /// Where the worker keeps what the master ships (artifacts land in
     /// `<work_dir>/artifacts/<model>/`). Default: `data/worker/<worker_id>`.
     pub work_dir: Option<PathBuf>,
@@ -72,6 +76,7 @@ impl Default for WorkerConfig {
             register_retry_secs: 2,
             master_wait_secs: 0,
             slowdown: 1.0,
+            emulation: None,
             work_dir: None,
             engine: WorkerEngineConfig::default(),
             log_forwarding: true,

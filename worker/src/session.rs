@@ -167,6 +167,7 @@ impl Worker {
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
             slowdown: cfg.slowdown,
+            emulation: cfg.emulation.clone().unwrap_or_default(),
         };
         let who = Identity {
             worker_id: cfg.worker_id.clone(),

@@ -32,6 +32,10 @@ pub struct WorkerSummary {
     pub mean_round_secs: f64,
     /// Emulated slowdown factor (1 = none).
     pub slowdown: f64,
+    /// How the device was emulated (testbed namespace, links, caps), or
+    /// "real device (not emulated)".
+    #[serde(default)]
+    pub emulation: String,
     /// This worker's updates applied to the global model.
     pub updates_accepted: u64,
     /// This worker's updates rejected.
@@ -404,6 +408,7 @@ mod tests {
                 samples_trained: 5000,
                 mean_round_secs: 1.25,
                 slowdown: 3.0,
+                emulation: String::new(),
                 updates_accepted: 4,
                 updates_rejected: 0,
                 shards_received: 10,
