@@ -273,7 +273,7 @@ fn down_removes_everything_after_up_was_killed() {
     up.kill().unwrap(); // SIGKILL
     let _ = up.wait();
     let made = bed.state()["nodes"].as_array().map_or(0, |n| n.len());
-    assert!(made >= 5 && made < 24, "killed after {made} of 24 nodes");
+    assert!((5..24).contains(&made), "killed after {made} of 24 nodes");
     let out = bed.run(&["down"]);
     eprintln!("{out}");
     bed.assert_gone();

@@ -78,7 +78,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let mut runs = Vec::new();
     let mut failures = Vec::new();
-    let outcome = (|| -> anyhow::Result<()> {
+    let stop = crate::testbed::spawn::stop_signals();
+    'runs: {
         for repeat in 1..=repeats {
             for policy in &policies {
                 bar.set_message(format!("{policy} repeat {repeat}"));
@@ -105,14 +106,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 bar.inc(1);
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    failures.push("interrupted: the remaining runs were not started".into());
+                    break 'runs;
+                }
             }
         }
-        Ok(())
-    })();
+    }
     bar.finish_and_clear();
-    let down = lifecycle::down(&args.state_dir, &profile.name);
-    outcome?;
-    let down = down?;
+    let down = lifecycle::down(&args.state_dir, &profile.name)?;
     if !down.errors.is_empty() {
         tracing::warn!("testbed down left errors: {}", down.errors.join("; "));
     }

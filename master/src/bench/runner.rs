@@ -15,7 +15,7 @@ use crate::outputs::metrics::{read_metrics, METRICS_FILE};
 use crate::outputs::summary::{RunSummary, SUMMARY_FILE};
 use crate::testbed::lifecycle::{self, downlink, uplink};
 use crate::testbed::replay::{ReplayThread, RATES_FILE};
-use crate::testbed::state::TestbedState;
+use crate::testbed::state::{ProcessState, TestbedState};
 use crate::testbed::{control, spawn, Profile};
 
 /// What one run is.
@@ -152,6 +152,13 @@ pub fn run_one(
     }
     cmd.env("NO_COLOR", "1");
     let mut master = cmd.spawn().context("start the master")?;
+    // Recorded so that `down` stops it too if the bench dies.
+    state.processes.push(ProcessState {
+        what: format!("bench master {run_id}"),
+        pid: master.id(),
+        log: log_path.clone(),
+    });
+    state.save(state_dir)?;
     // The master ends the run itself (target, budget, no progress); this
     // bound only catches a master that hangs.
     let limit = Duration::from_secs(cfg.stop.max_wall_secs + cfg.registration_timeout_secs + 60);
@@ -173,7 +180,8 @@ pub fn run_one(
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pids: Vec<u32> = workers.iter().map(|w| w.id()).collect();
+    let mut pids: Vec<u32> = workers.iter().map(|w| w.id()).collect();
+    pids.push(master.id());
     spawn::terminate(&pids, Duration::from_secs(3));
     for w in &mut workers {
         let _ = w.wait();

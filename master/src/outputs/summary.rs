@@ -17,6 +17,25 @@ pub const SUMMARY_FILE: &str = "summary.json";
 pub const HETEROGENEITY_NOTE: &str =
     "per-worker slowdown factor: the worker idles (s−1)× its measured compute time";
 
+/// The summary's statement of how heterogeneity was emulated: the slowdown
+/// rule, and which workers ran in the testbed (their `emulation` says how)
+/// and which on real devices.
+pub fn heterogeneity_note(workers: &BTreeMap<String, WorkerSummary>) -> String {
+    let emulated: Vec<&str> = workers
+        .iter()
+        .filter(|(_, w)| !w.emulation.is_empty() && !w.emulation.starts_with("real device"))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if emulated.is_empty() {
+        return HETEROGENEITY_NOTE.to_string();
+    }
+    format!(
+        "{HETEROGENEITY_NOTE}; emulated in the testbed (see each worker's `emulation`): {}; real devices: {}",
+        emulated.join(", "),
+        workers.len() - emulated.len()
+    )
+}
+
 /// One worker's share of the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSummary {
@@ -153,8 +172,8 @@ impl RunSummary {
             updates_accepted: totals.updates_accepted,
             updates_rejected: totals.rejected_by_reason.values().sum(),
             updates_rejected_by_reason: totals.rejected_by_reason,
+            heterogeneity: heterogeneity_note(&totals.workers),
             workers: totals.workers,
-            heterogeneity: HETEROGENEITY_NOTE.to_string(),
             config: totals.config,
         }
     }
@@ -252,6 +271,11 @@ impl RunSummary {
             })
             .collect();
         out.push_str(&crate::deploy::report::table(&header, &rows));
+        for (id, w) in &self.workers {
+            if !w.emulation.is_empty() {
+                let _ = writeln!(out, "{id}: {}", w.emulation);
+            }
+        }
         out
     }
 }
@@ -528,6 +552,32 @@ mod tests {
             text.lines()
                 .any(|l| l.starts_with("w1") && l.contains("3.00")),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn heterogeneity_names_emulated_and_real_workers() {
+        let mut workers = BTreeMap::new();
+        workers.insert("w1".to_string(), WorkerSummary::default());
+        assert_eq!(heterogeneity_note(&workers), HETEROGENEITY_NOTE);
+        workers.insert(
+            "w2".to_string(),
+            WorkerSummary {
+                emulation: "testbed t: netns 198.18.0.2, uplink 1mbit".into(),
+                ..Default::default()
+            },
+        );
+        workers.insert(
+            "d1".to_string(),
+            WorkerSummary {
+                emulation: "real device (not emulated)".into(),
+                ..Default::default()
+            },
+        );
+        let note = heterogeneity_note(&workers);
+        assert!(
+            note.contains("testbed (see each worker's `emulation`): w2; real devices: 2"),
+            "{note}"
         );
     }
 }

@@ -109,13 +109,13 @@ impl Rate {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.bits_per_sec;
-        if b >= 1_000_000_000 && b % 1_000_000_000 == 0 {
+        if b >= 1_000_000_000 && b.is_multiple_of(1_000_000_000) {
             write!(f, "{}gbit", b / 1_000_000_000)
-        } else if b >= 1_000_000 && b % 1_000_000 == 0 {
+        } else if b >= 1_000_000 && b.is_multiple_of(1_000_000) {
             write!(f, "{}mbit", b / 1_000_000)
         } else if b >= 1_000_000 {
             write!(f, "{}mbit", b as f64 / 1e6)
-        } else if b % 1000 == 0 {
+        } else if b.is_multiple_of(1000) {
             write!(f, "{}kbit", b / 1000)
         } else {
             write!(f, "{b}bit")

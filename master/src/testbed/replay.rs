@@ -149,27 +149,11 @@ impl Drop for ReplayThread {
     }
 }
 
-static TERMINATED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_terminate(_: libc::c_int) {
-    TERMINATED.store(true, Ordering::SeqCst);
-}
-
 /// `master testbed replay`: replays until SIGTERM/SIGINT (what `down` sends).
 pub fn run_detached(state_dir: &Path, name: &str) -> anyhow::Result<()> {
     let state = TestbedState::load(state_dir, name)?
         .with_context(|| format!("testbed `{name}` is not up"))?;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            on_terminate as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGINT,
-            on_terminate as *const () as libc::sighandler_t,
-        );
-    }
+    let stop = super::spawn::stop_signals();
     let csv = state.work_dir.join(RATES_FILE);
-    replay_links(&state, &TERMINATED, &csv, Path::new("data"))
+    replay_links(&state, stop, &csv, Path::new("data"))
 }

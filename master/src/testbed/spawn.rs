@@ -12,6 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Context;
 
 use super::cgroup;
@@ -69,6 +71,29 @@ pub fn spawn_detached(
     into_node(&mut cmd, netns, cgroup_dirs)?;
     cmd.spawn()
         .with_context(|| format!("start {:?} in namespace {netns}", cmd.get_program()))
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGTERM and SIGINT into a flag (so a long operation can stop
+/// cleanly and tear down what it made) and returns the flag.
+pub fn stop_signals() -> &'static AtomicBool {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
+    &STOP
 }
 
 /// Whether process `pid` is alive (and not a zombie).
