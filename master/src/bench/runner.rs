@@ -122,7 +122,9 @@ pub fn run_one(
     cfg.validate()
         .with_context(|| format!("{}: invalid configuration", conf.display()))?;
     let run_dir = crate::outputs::run_dir(&cfg.data_dir, &run_id)?;
-    std::fs::create_dir_all(&run_dir)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("{}: cannot create", run_dir.display()))?;
+    let run_dir = std::fs::canonicalize(&run_dir).unwrap_or(run_dir);
     reset_links(state)?;
     let before = link_counters(state);
     let started = Instant::now();

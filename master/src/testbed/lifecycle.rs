@@ -379,8 +379,13 @@ pub fn down(state_dir: &Path, name: &str) -> anyhow::Result<DownReport> {
     report.processes = live.len();
     spawn::terminate(&live, std::time::Duration::from_secs(5));
     if let Some(b) = state.as_ref().and_then(|s| s.broker.as_ref()) {
-        if let Err(e) = broker::stop(b) {
-            report.errors.push(format!("{e:#}"));
+        match broker::stop(b) {
+            // The testbed's broker holds only this testbed's runs: its
+            // storage goes with it.
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&b.state_dir);
+            }
+            Err(e) => report.errors.push(format!("{e:#}")),
         }
     }
     for ns in &namespaces {
@@ -408,6 +413,8 @@ pub fn down(state_dir: &Path, name: &str) -> anyhow::Result<DownReport> {
         .map(|s| s.nodes.iter().map(|n| n.cgroups.clone()).collect())
         .unwrap_or_default();
     groups.extend(leftover_cgroups(name));
+    groups.sort();
+    groups.dedup();
     for dirs in groups.into_iter().filter(|d| !d.is_empty()) {
         let removed = NodeCgroup::from_paths(&dirs).and_then(|cg| cg.remove());
         match removed {
