@@ -119,12 +119,11 @@ impl Bed {
                 .is_some_and(|n| n.starts_with(&prefix))),
             "links left: {links}"
         );
-        for ctl in ["cpu", "memory", "unified"] {
-            let d = Path::new("/sys/fs/cgroup")
-                .join(ctl)
-                .join("hermes")
-                .join(&self.name);
-            assert!(!d.exists(), "{} left", d.display());
+        if let Some(sys) = master::testbed::cgroup::CgroupSystem::detect().unwrap() {
+            for p in sys.node_paths(&self.name, "x").unwrap() {
+                let testbed_dir = p.parent().unwrap();
+                assert!(!testbed_dir.exists(), "{} left", testbed_dir.display());
+            }
         }
         assert!(
             !self

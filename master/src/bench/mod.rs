@@ -41,6 +41,16 @@ pub struct BenchArgs {
     pub baseline: String,
 }
 
+/// Prints a line above the progress bar, or plainly when the bar is hidden
+/// (output not a terminal), where `println` on the bar would drop it.
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     lifecycle::require_root("master bench")?;
@@ -90,7 +100,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 };
                 match runner::run_one(&mut state, &profile, &args.state_dir, &spec) {
                     Ok(r) => {
-                        bar.println(format!(
+                        say(&bar, format!(
                             "{policy} #{repeat}: {} in {:.1} s, final accuracy {:.4}, {} versions ({})",
                             if r.reached_target { "target reached" } else { "target NOT reached" },
                             r.time_to_target_secs.unwrap_or(r.duration_secs),
@@ -101,7 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                         runs.push(r);
                     }
                     Err(e) => {
-                        bar.println(format!("{policy} #{repeat}: FAILED: {e:#}"));
+                        say(&bar, format!("{policy} #{repeat}: FAILED: {e:#}"));
                         failures.push(format!("{policy} #{repeat}: {e:#}"));
                     }
                 }

@@ -794,10 +794,10 @@ fn table_rows(report: &BenchReport) -> Vec<Vec<String>> {
         .policies
         .iter()
         .map(|s| {
-            let starved = if s.starved_workers.is_empty() {
-                "-".to_string()
-            } else {
-                s.starved_workers.join(", ")
+            let starved = match s.starved_workers.len() {
+                0 => "-".to_string(),
+                n if n <= 4 => s.starved_workers.join(", "),
+                n => format!("{n} workers ({}, …)", s.starved_workers[..3].join(", ")),
             };
             let starved = if s.runs_with_starved_workers > 0 {
                 format!(
