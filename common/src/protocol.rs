@@ -286,6 +286,12 @@ pub enum ControlMessage {
         /// Why the run ends.
         reason: String,
     },
+    /// The master does not know this worker's incarnation (it was declared
+    /// gone, or the master restarted): register again, keeping the id.
+    Unknown {
+        /// The worker addressed.
+        worker_id: String,
+    },
 }
 
 #[cfg(test)]

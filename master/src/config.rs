@@ -168,6 +168,10 @@ pub struct StopConfig {
     pub max_versions: u64,
     /// Stop after this many seconds of training.
     pub max_wall_secs: u64,
+    /// A run with no new global version for this many seconds (while the
+    /// broker is reachable) cannot make progress: it stops with a non-zero
+    /// exit and says why. 0 = never.
+    pub no_progress_secs: u64,
 }
 
 impl Default for StopConfig {
@@ -175,8 +179,9 @@ impl Default for StopConfig {
         Self {
             target_accuracy: Some(0.9),
             patience_versions: None,
-            max_versions: 1000,
+            max_versions: 1_000_000,
             max_wall_secs: 600,
+            no_progress_secs: 120,
         }
     }
 }

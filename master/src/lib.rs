@@ -3,7 +3,8 @@
 //! A map of the crate, one line per component:
 //!
 //! * [`config`] — `conf/master.json`: dataset, model, training plan, gate, allocation, policy, stop.
-//! * [`run`] — the event loop: registrations, shards, round reports, updates, new versions.
+//! * [`coordinator`] — the master's decisions as a state machine (events in, actions out, no I/O).
+//! * [`run`] — the I/O shell around it: deliveries → events, actions → Kafka, files, evaluation.
 //! * [`registry`] — the workers: liveness, incarnations, per-worker statistics.
 //! * [`workload`] — the dataset split, shard bytes, validation splits, test evaluation.
 //! * [`allocation`] — dynamic dataset allocation (shard sizes from measured throughput).
@@ -22,6 +23,7 @@ pub mod allocation;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod coordinator;
 pub mod deploy;
 pub mod outputs;
 pub mod policy;

@@ -74,7 +74,11 @@ pub struct WorkerRegistry {
 impl WorkerRegistry {
     /// Records a registration.
     pub fn register(&mut self, reg: Registration) -> Joined {
-        let now = Instant::now();
+        self.register_at(reg, Instant::now())
+    }
+
+    /// Records a registration received at `now`.
+    pub fn register_at(&mut self, reg: Registration, now: Instant) -> Joined {
         match self.workers.get_mut(&reg.worker_id) {
             Some(w) if w.registration.incarnation == reg.incarnation && w.active => {
                 w.last_seen = now;
@@ -125,9 +129,22 @@ impl WorkerRegistry {
 
     /// Notes a sign of life.
     pub fn touch(&mut self, id: &str, incarnation: u64) -> bool {
+        self.touch_at(id, incarnation, Instant::now())
+    }
+
+    /// Counts every active worker as heard from at `now` (after a time in
+    /// which the master itself could not hear anyone).
+    pub fn touch_all(&mut self, now: Instant) {
+        for w in self.workers.values_mut().filter(|w| w.active) {
+            w.last_seen = now;
+        }
+    }
+
+    /// Notes a sign of life at `now`.
+    pub fn touch_at(&mut self, id: &str, incarnation: u64, now: Instant) -> bool {
         match self.current(id, incarnation) {
             Some(w) => {
-                w.last_seen = Instant::now();
+                w.last_seen = now;
                 w.last_seen_ms = common::protocol::now_ms();
                 true
             }
@@ -170,7 +187,11 @@ impl WorkerRegistry {
 
     /// Active workers silent for longer than `timeout`.
     pub fn silent(&self, timeout: Duration) -> Vec<String> {
-        let now = Instant::now();
+        self.silent_at(Instant::now(), timeout)
+    }
+
+    /// Active workers silent at `now` for longer than `timeout`.
+    pub fn silent_at(&self, now: Instant, timeout: Duration) -> Vec<String> {
         self.workers
             .iter()
             .filter(|(_, w)| w.active && now.duration_since(w.last_seen) > timeout)

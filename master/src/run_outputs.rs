@@ -80,7 +80,8 @@ impl RunOutputs {
             central,
             central_failed: false,
             status: StatusFile::new(&cfg.data_dir, &cfg.run_id),
-            progress: RunProgress::new(Some(cfg.stop.max_versions)),
+            // A bar only when max_versions is a real bound, else a spinner.
+            progress: RunProgress::new(Some(cfg.stop.max_versions).filter(|&m| m < 100_000)),
         })
     }
 

@@ -375,6 +375,14 @@ impl Worker {
                 None
             }
             ControlMessage::Welcome { .. } => None,
+            ControlMessage::Unknown { worker_id } if worker_id == self.cfg.worker_id => {
+                if self.welcomed {
+                    tracing::warn!(master = %d.sender, "the master does not know this worker (declared gone, or restarted): registering again");
+                }
+                self.welcomed = false;
+                None
+            }
+            ControlMessage::Unknown { .. } => None,
             ControlMessage::Stop { reason } => {
                 tracing::info!(%reason, "master asked to stop");
                 Some(Exit::Stopped)

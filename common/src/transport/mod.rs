@@ -162,6 +162,15 @@ impl Transport {
         })
     }
 
+    /// A handle that asks whether a broker answers (for liveness decisions
+    /// that must not blame workers for the master's own outage).
+    pub fn probe(&self) -> BrokerProbe {
+        BrokerProbe {
+            producer: self.producer.clone(),
+            topic: self.topics.status(),
+        }
+    }
+
     /// This run's topic names.
     pub fn topics(&self) -> &Topics {
         &self.topics
@@ -420,6 +429,29 @@ fn initial_sequence() -> u64 {
 
 /// Retries a metadata request with exponential backoff until it succeeds or
 /// `connect_timeout_secs` pass.
+/// Asks the cluster for one topic's metadata; see [`Transport::probe`].
+#[derive(Clone)]
+pub struct BrokerProbe {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl BrokerProbe {
+    /// Whether a broker answered a metadata request within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let client = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(timeout))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
 async fn wait_for_broker(
     producer: &FutureProducer,
     cfg: &KafkaConfig,

@@ -31,7 +31,7 @@ pub enum StartAt {
 }
 
 /// One complete message, as handed to the application.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     /// The message kind (for a chunked message: the kind of the whole payload).
     pub kind: MessageKind,

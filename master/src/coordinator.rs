@@ -1,0 +1,754 @@
+//! The master's decisions as a state machine: events in, actions out, no
+//! broker, no files, no clock of its own (time comes in with the events).
+//!
+//! [`crate::run`] is the I/O shell around it: it turns Kafka deliveries into
+//! [`Event`]s, carries out the [`Action`]s (send, evaluate, broadcast,
+//! checkpoint, commit, record) and reports evaluations back. Everything a
+//! run decides — who is registered and alive, which shard goes where, which
+//! update is admitted, when a version is made, when the run ends — is
+//! decided here, so it is tested without a broker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::protocol::{Registration, RoundReport, StatusMessage, UpdateDelta};
+use common::transport::Delivery;
+
+use crate::aggregation::{admit_update, UpdateHeader, UpdateLedger};
+use crate::allocation::{AllocationRecord, Shard, ShardAllocator};
+use crate::config::MasterConfig;
+use crate::policy::{registry as policy_registry, AcceptedUpdate, PolicyContext, SyncPolicy};
+use crate::registry::{Joined, WorkerRegistry};
+use crate::workload::TestResult;
+
+/// Why the run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StopReason {
+    /// Test accuracy reached the target.
+    TargetReached,
+    /// Test loss did not improve for the patience.
+    Patience,
+    /// Max versions reached.
+    MaxVersions,
+    /// Wall-clock budget spent.
+    WallClock,
+    /// No worker left for too long.
+    NoWorkers,
+    /// No new version for `stop.no_progress_secs` while workers were
+    /// expected to make one.
+    NoProgress {
+        /// Seconds without a new version.
+        secs: u64,
+        /// What the master saw meanwhile.
+        detail: String,
+    },
+    /// Too few workers registered in time.
+    RegistrationTimeout {
+        /// Workers that registered.
+        registered: usize,
+        /// Workers needed.
+        needed: usize,
+    },
+    /// Ctrl-C.
+    Interrupted,
+}
+
+impl StopReason {
+    /// Whether the run ended as configured (exit 0) or failed to make
+    /// progress (non-zero exit).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            StopReason::NoProgress { .. }
+                | StopReason::NoWorkers
+                | StopReason::RegistrationTimeout { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::TargetReached => f.write_str("target accuracy reached"),
+            StopReason::Patience => f.write_str("no test-loss improvement within patience"),
+            StopReason::MaxVersions => f.write_str("max versions reached"),
+            StopReason::WallClock => f.write_str("wall-clock budget spent"),
+            StopReason::NoWorkers => f.write_str("no active workers"),
+            StopReason::NoProgress { secs, detail } => {
+                write!(
+                    f,
+                    "no progress: no new global version for {secs} s ({detail})"
+                )
+            }
+            StopReason::RegistrationTimeout { registered, needed } => write!(
+                f,
+                "only {registered} of {needed} workers registered in time"
+            ),
+            StopReason::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+/// Something that happened, as the shell saw it.
+#[derive(Debug)]
+pub enum Event {
+    /// A decoded status message from `sender` (the envelope's sender).
+    Status {
+        /// Authenticated sender.
+        sender: String,
+        /// The message.
+        msg: StatusMessage,
+    },
+    /// A decoded update from `sender`.
+    Update {
+        /// Authenticated sender.
+        sender: String,
+        /// The envelope's sequence number.
+        sequence: u64,
+        /// The delivery's position (committed once the update is in a checkpoint).
+        position: Delivery,
+        /// The update.
+        update: UpdateDelta,
+    },
+    /// A record the shell could not use (decode error, wrong kind...).
+    Rejected {
+        /// Counting label.
+        reason: String,
+        /// Who sent it.
+        sender: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Time passes; `broker_reachable` is the shell's latest probe.
+    Tick {
+        /// Whether the master can reach the broker.
+        broker_reachable: bool,
+    },
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Tell `worker_id` its registration was accepted.
+    Welcome {
+        /// The worker.
+        worker_id: String,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// Tell `worker_id` the master does not know this incarnation: it must
+    /// register again.
+    Unknown {
+        /// The worker.
+        worker_id: String,
+    },
+    /// Evaluate version 0 and record it (training starts).
+    RecordInitialVersion,
+    /// Send the model package (artifacts, current global, plan, validation split).
+    SendPackage {
+        /// The worker.
+        worker: String,
+    },
+    /// Send a data shard for `round`.
+    SendShard {
+        /// The worker.
+        worker: String,
+        /// The samples.
+        shard: Shard,
+        /// The round it is for.
+        round: u64,
+    },
+    /// Append allocation decisions to allocation.csv.
+    RecordAllocations(Vec<AllocationRecord>),
+    /// A new global version exists: evaluate it, broadcast it, checkpoint
+    /// it, commit the offsets up to it, record it — then report the
+    /// evaluation with [`Coordinator::evaluated`].
+    NewVersion {
+        /// The version.
+        version: u64,
+        /// Workers whose updates went into it.
+        by: Vec<String>,
+        /// Update position to commit after the checkpoint.
+        commit: Option<Delivery>,
+    },
+    /// End the run.
+    Stop(StopReason),
+}
+
+/// The master's decisions and the state they need.
+pub struct Coordinator {
+    cfg: MasterConfig,
+    workers: WorkerRegistry,
+    allocator: ShardAllocator,
+    policy: Box<dyn SyncPolicy>,
+    ledger: UpdateLedger,
+    global: Vec<f32>,
+    version: u64,
+    accepted: u64,
+    rejected: BTreeMap<String, u64>,
+    /// Workers that finished a round the policy does not let start the next one yet.
+    parked: BTreeSet<String>,
+    /// The newest update delivery not yet committed.
+    uncommitted: Option<Delivery>,
+    started: Instant,
+    training_started: Option<Instant>,
+    last_worker_seen: Instant,
+    last_progress: Instant,
+    best_loss: f64,
+    best_loss_version: u64,
+    broker_reachable: bool,
+}
+
+impl Coordinator {
+    /// A coordinator for `cfg` starting from `global` (version 0).
+    pub fn new(
+        cfg: MasterConfig,
+        global: Vec<f32>,
+        train_len: usize,
+        now: Instant,
+    ) -> anyhow::Result<Self> {
+        let policy = policy_registry(&cfg.policy, &cfg.aggregation)?;
+        let allocator = ShardAllocator::new(cfg.allocation.clone(), train_len)?;
+        Ok(Self {
+            cfg,
+            workers: WorkerRegistry::default(),
+            allocator,
+            policy,
+            ledger: UpdateLedger::new(),
+            global,
+            version: 0,
+            accepted: 0,
+            rejected: BTreeMap::new(),
+            parked: BTreeSet::new(),
+            uncommitted: None,
+            started: now,
+            training_started: None,
+            last_worker_seen: now,
+            last_progress: now,
+            best_loss: f64::INFINITY,
+            best_loss_version: 0,
+            broker_reachable: true,
+        })
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// Whether workers gate their updates (Hermes).
+    pub fn workers_gate_updates(&self) -> bool {
+        self.policy.workers_gate_updates()
+    }
+
+    /// The global parameters.
+    pub fn global(&self) -> &[f32] {
+        &self.global
+    }
+
+    /// The global version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Updates applied so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Rejections by reason.
+    pub fn rejected(&self) -> &BTreeMap<String, u64> {
+        &self.rejected
+    }
+
+    /// Rejections, all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &WorkerRegistry {
+        &self.workers
+    }
+
+    /// When training started.
+    pub fn training_started(&self) -> Option<Instant> {
+        self.training_started
+    }
+
+    /// Handles one event at time `now`.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Status { sender, msg } => self.on_status(&sender, msg, now, &mut out),
+            Event::Update {
+                sender,
+                sequence,
+                position,
+                update,
+            } => self.on_update(&sender, sequence, position, update, &mut out),
+            Event::Rejected {
+                reason,
+                sender,
+                detail,
+            } => self.reject(&reason, &sender, &detail),
+            Event::Tick { broker_reachable } => self.on_tick(broker_reachable, now, &mut out),
+        }
+        out
+    }
+
+    /// The evaluation of the newest version; returns what follows (another
+    /// version if the policy is ready again, or the end of the run).
+    pub fn evaluated(&mut self, test: TestResult, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if test.loss < self.best_loss {
+            self.best_loss = test.loss;
+            self.best_loss_version = self.version;
+        }
+        if self.version == 0 {
+            return out;
+        }
+        self.last_progress = now;
+        let stop = &self.cfg.stop;
+        let reason = if stop.target_accuracy.is_some_and(|t| test.accuracy >= t) {
+            Some(StopReason::TargetReached)
+        } else if stop
+            .patience_versions
+            .is_some_and(|p| self.version - self.best_loss_version >= p)
+        {
+            Some(StopReason::Patience)
+        } else if self.version >= stop.max_versions {
+            Some(StopReason::MaxVersions)
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => out.push(Action::Stop(r)),
+            None => self.aggregate_next(&mut out),
+        }
+        out
+    }
+
+    fn on_tick(&mut self, broker_reachable: bool, now: Instant, out: &mut Vec<Action>) {
+        if !broker_reachable {
+            if self.broker_reachable {
+                tracing::warn!("the broker is unreachable: nobody is declared gone while the master itself cannot hear them");
+            }
+            self.broker_reachable = false;
+            return;
+        }
+        if !self.broker_reachable {
+            // Back: what could not be heard meanwhile is not anyone's silence.
+            tracing::info!("the broker is reachable again; liveness and progress clocks restart");
+            self.workers.touch_all(now);
+            self.last_progress = now;
+            self.last_worker_seen = now;
+            self.broker_reachable = true;
+        }
+        let Some(t0) = self.training_started else {
+            if self.workers.active_ids().len() >= self.cfg.min_workers {
+                self.begin_training(now, out);
+            } else if now.duration_since(self.started)
+                > Duration::from_secs(self.cfg.registration_timeout_secs)
+            {
+                out.push(Action::Stop(StopReason::RegistrationTimeout {
+                    registered: self.workers.active_ids().len(),
+                    needed: self.cfg.min_workers,
+                }));
+            }
+            return;
+        };
+        let timeout = Duration::from_secs(self.cfg.heartbeat_timeout_secs);
+        for id in self.workers.silent_at(now, timeout) {
+            tracing::warn!(worker = %id, "no heartbeat for {} s: worker marked gone, its shard returns to the pool", timeout.as_secs());
+            self.worker_gone(&id);
+        }
+        // BSP may now be able to aggregate without the lost worker.
+        self.aggregate_next(out);
+        if out.iter().any(|a| matches!(a, Action::NewVersion { .. })) {
+            return;
+        }
+        self.resume_parked(out);
+        if !self.workers.active_ids().is_empty() {
+            self.last_worker_seen = now;
+        } else if now.duration_since(self.last_worker_seen)
+            > Duration::from_secs(self.cfg.registration_timeout_secs)
+        {
+            out.push(Action::Stop(StopReason::NoWorkers));
+            return;
+        }
+        if now.duration_since(t0) > Duration::from_secs(self.cfg.stop.max_wall_secs) {
+            out.push(Action::Stop(StopReason::WallClock));
+            return;
+        }
+        let quiet = now.duration_since(self.last_progress);
+        if self.cfg.stop.no_progress_secs > 0
+            && quiet > Duration::from_secs(self.cfg.stop.no_progress_secs)
+        {
+            let active = self.workers.active_ids();
+            let busy = self
+                .workers
+                .all()
+                .filter(|(_, w)| w.active && w.busy)
+                .count();
+            out.push(Action::Stop(StopReason::NoProgress {
+                secs: quiet.as_secs(),
+                detail: format!(
+                    "{} active worker(s), {busy} with a shard out, {} update(s) pending in the policy, version {}",
+                    active.len(),
+                    self.policy.pending(),
+                    self.version
+                ),
+            }));
+        }
+    }
+
+    fn begin_training(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.training_started = Some(now);
+        self.last_progress = now;
+        out.push(Action::RecordInitialVersion);
+        for id in self.workers.active_ids() {
+            out.push(Action::SendPackage { worker: id.clone() });
+            self.next_shard(&id, out);
+        }
+    }
+
+    fn ctx_workers(&self) -> BTreeSet<String> {
+        self.workers.active_ids()
+    }
+
+    fn on_status(&mut self, sender: &str, msg: StatusMessage, now: Instant, out: &mut Vec<Action>) {
+        match msg {
+            StatusMessage::Register(reg) => self.on_register(sender, reg, now, out),
+            StatusMessage::Heartbeat {
+                worker_id,
+                incarnation,
+                ..
+            } => {
+                if worker_id != sender {
+                    self.reject("sender_mismatch", sender, "heartbeat for another worker");
+                } else if !self.workers.touch_at(&worker_id, incarnation, now) {
+                    // An incarnation we do not know (gone, or the master
+                    // restarted): it must register again.
+                    tracing::info!(worker = %worker_id, "heartbeat from an unregistered incarnation: telling it to register");
+                    out.push(Action::Unknown { worker_id });
+                }
+            }
+            StatusMessage::RoundReport(report) => {
+                if report.worker_id != sender {
+                    self.reject("sender_mismatch", sender, "round report for another worker");
+                } else {
+                    self.on_round_report(report, out);
+                }
+            }
+            StatusMessage::Goodbye { worker_id, reason } => {
+                if worker_id == sender {
+                    tracing::info!(worker = %worker_id, %reason, "worker left");
+                    self.worker_gone(&worker_id);
+                }
+            }
+        }
+    }
+
+    fn on_register(
+        &mut self,
+        sender: &str,
+        reg: Registration,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if reg.worker_id != sender {
+            self.reject(
+                "sender_mismatch",
+                sender,
+                &format!("registration for `{}`", reg.worker_id),
+            );
+            return;
+        }
+        if !(reg.slowdown.is_finite() && reg.slowdown >= 1.0) {
+            self.reject(
+                "bad_registration",
+                sender,
+                &format!("slowdown {}", reg.slowdown),
+            );
+            return;
+        }
+        let id = reg.worker_id.clone();
+        let incarnation = reg.incarnation;
+        let joined = self.workers.register_at(reg.clone(), now);
+        out.push(Action::Welcome {
+            worker_id: id.clone(),
+            incarnation,
+        });
+        if joined == Joined::Repeat {
+            return;
+        }
+        tracing::info!(
+            worker = %id,
+            host = %reg.hostname,
+            arch = %reg.arch,
+            cores = reg.cores,
+            slowdown = reg.slowdown,
+            "worker {}: {}",
+            if joined == Joined::New { "registered" } else { "rejoined" },
+            id
+        );
+        let ctx_workers = self.ctx_workers();
+        let ctx = PolicyContext {
+            version: self.version,
+            active_workers: &ctx_workers,
+        };
+        if joined == Joined::Rejoined {
+            let returned = self.allocator.release_worker(&id);
+            if returned > 0 {
+                tracing::info!(worker = %id, samples = returned, "shard of the previous incarnation returned to the pool");
+            }
+            self.policy.on_worker_gone(&ctx, &id);
+        }
+        self.policy.on_worker_joined(&ctx, &id);
+        self.parked.remove(&id);
+        if self.training_started.is_some() {
+            out.push(Action::SendPackage { worker: id.clone() });
+            self.next_shard(&id, out);
+        }
+    }
+
+    fn on_round_report(&mut self, report: RoundReport, out: &mut Vec<Action>) {
+        if self
+            .workers
+            .current(&report.worker_id, report.incarnation)
+            .is_none()
+        {
+            self.reject(
+                "unknown_incarnation",
+                &report.worker_id,
+                "round report from an unregistered incarnation",
+            );
+            out.push(Action::Unknown {
+                worker_id: report.worker_id.clone(),
+            });
+            return;
+        }
+        if !(report.round_secs.is_finite()
+            && report.round_secs >= 0.0
+            && report.validation_loss.is_finite())
+        {
+            self.reject(
+                "bad_report",
+                &report.worker_id,
+                "non-finite numbers in round report",
+            );
+            return;
+        }
+        self.workers.record_round(&report);
+        if let Err(e) = self.allocator.record_round(
+            &report.worker_id,
+            report.samples as usize,
+            report.round_secs,
+        ) {
+            tracing::warn!(worker = %report.worker_id, "round not used for allocation: {e:#}");
+        }
+        tracing::info!(
+            worker = %report.worker_id,
+            round = report.round,
+            samples = report.samples,
+            round_secs = format!("{:.2}", report.round_secs),
+            loss = format!("{:.4}", report.validation_loss),
+            major = report.major,
+            "round report"
+        );
+        let ctx_workers = self.ctx_workers();
+        let ctx = PolicyContext {
+            version: self.version,
+            active_workers: &ctx_workers,
+        };
+        self.policy.on_round_end(&ctx, &report.worker_id);
+        if self.policy.may_start_round(&ctx, &report.worker_id) {
+            self.next_shard(&report.worker_id, out);
+        } else {
+            self.parked.insert(report.worker_id.clone());
+        }
+    }
+
+    fn on_update(
+        &mut self,
+        sender: &str,
+        sequence: u64,
+        position: Delivery,
+        update: UpdateDelta,
+        out: &mut Vec<Action>,
+    ) {
+        if update.worker_id != sender {
+            self.reject("sender_mismatch", sender, "update for another worker");
+            return;
+        }
+        if self
+            .workers
+            .current(&update.worker_id, update.incarnation)
+            .is_none()
+        {
+            self.reject(
+                "unknown_incarnation",
+                sender,
+                "update from an unregistered incarnation",
+            );
+            out.push(Action::Unknown {
+                worker_id: update.worker_id.clone(),
+            });
+            return;
+        }
+        let header = UpdateHeader {
+            worker: &update.worker_id,
+            incarnation: update.incarnation,
+            sequence,
+            base_version: update.base_version,
+            samples: update.samples,
+            loss: update.validation_loss,
+        };
+        let ctx_workers = self.ctx_workers();
+        let ctx = PolicyContext {
+            version: self.version,
+            active_workers: &ctx_workers,
+        };
+        match admit_update(
+            &self.cfg.aggregation,
+            &mut self.ledger,
+            self.version,
+            self.global.len(),
+            &header,
+            &update.delta,
+        ) {
+            Err(reason) => {
+                self.reject(reason.label(), sender, &reason.to_string());
+                if let Some(w) = self.workers.get_mut(&update.worker_id) {
+                    w.stats.updates_rejected += 1;
+                }
+                self.policy.on_update_rejected(&ctx, &update.worker_id);
+            }
+            Ok(_staleness) => {
+                self.policy.on_update(
+                    &ctx,
+                    AcceptedUpdate {
+                        worker: update.worker_id.clone(),
+                        incarnation: update.incarnation,
+                        sequence,
+                        base_version: update.base_version,
+                        samples: update.samples,
+                        loss: update.validation_loss,
+                        delta: update.delta,
+                    },
+                );
+                self.uncommitted = Some(position);
+            }
+        }
+        self.aggregate_next(out);
+    }
+
+    /// Makes one version if the policy is ready.
+    fn aggregate_next(&mut self, out: &mut Vec<Action>) {
+        let ctx_workers = self.ctx_workers();
+        let ctx = PolicyContext {
+            version: self.version,
+            active_workers: &ctx_workers,
+        };
+        if !self.policy.ready_to_aggregate(&ctx) {
+            return;
+        }
+        let applied = match self.policy.aggregate(&ctx, &mut self.global) {
+            Ok(a) => a,
+            Err(e) => {
+                // A delta that cannot be applied was admitted: count it, never crash.
+                self.reject("aggregation_failed", "master", &format!("{e:#}"));
+                return;
+            }
+        };
+        self.version += 1;
+        let mut by = Vec::new();
+        for a in &applied {
+            self.ledger.record_applied(a.ledger_entry(self.version));
+            if let Some(w) = self.workers.get_mut(&a.worker) {
+                w.stats.updates_accepted += 1;
+            }
+            self.accepted += 1;
+            by.push(a.worker.clone());
+        }
+        out.push(Action::NewVersion {
+            version: self.version,
+            by,
+            commit: self.uncommitted.take(),
+        });
+    }
+
+    fn next_shard(&mut self, id: &str, out: &mut Vec<Action>) {
+        let Some(round) = self
+            .workers
+            .get_mut(id)
+            .filter(|w| w.active)
+            .map(|w| w.next_round)
+        else {
+            return;
+        };
+        let shard = self.allocator.next_shard(id, round);
+        let records = self.allocator.drain_records();
+        if !records.is_empty() {
+            out.push(Action::RecordAllocations(records));
+        }
+        let size = shard.indices.len() as u64;
+        if let Some(w) = self.workers.get_mut(id) {
+            w.busy = true;
+            w.stats.shards_received += 1;
+            w.stats.shard_samples_total += size;
+        }
+        self.parked.remove(id);
+        out.push(Action::SendShard {
+            worker: id.to_string(),
+            shard,
+            round,
+        });
+    }
+
+    fn resume_parked(&mut self, out: &mut Vec<Action>) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let ctx_workers = self.ctx_workers();
+        let ready: Vec<String> = {
+            let ctx = PolicyContext {
+                version: self.version,
+                active_workers: &ctx_workers,
+            };
+            self.parked
+                .iter()
+                .filter(|w| ctx_workers.contains(*w) && self.policy.may_start_round(&ctx, w))
+                .cloned()
+                .collect()
+        };
+        for id in ready {
+            self.next_shard(&id, out);
+        }
+        self.parked.retain(|w| ctx_workers.contains(w));
+    }
+
+    fn worker_gone(&mut self, id: &str) {
+        if !self.workers.mark_gone(id) {
+            return;
+        }
+        let returned = self.allocator.release_worker(id);
+        let ctx_workers = self.ctx_workers();
+        let ctx = PolicyContext {
+            version: self.version,
+            active_workers: &ctx_workers,
+        };
+        self.policy.on_worker_gone(&ctx, id);
+        self.parked.remove(id);
+        tracing::info!(worker = %id, returned_samples = returned, "worker gone");
+    }
+
+    fn reject(&mut self, reason: &str, sender: &str, detail: &str) {
+        *self.rejected.entry(reason.to_string()).or_insert(0) += 1;
+        tracing::warn!(sender, reason, "rejected: {detail}");
+    }
+}
+
+#[cfg(test)]
+mod tests;

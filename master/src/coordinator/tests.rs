@@ -1,0 +1,321 @@
+//! The coordinator without a broker: events in, actions out, time given.
+
+use std::time::{Duration, Instant};
+
+use common::envelope::MessageKind;
+use common::protocol::{Registration, RoundReport, StatusMessage, UpdateDelta};
+use common::transport::Delivery;
+
+use super::*;
+
+const PARAMS: usize = 4;
+
+fn config(policy: &str, min_workers: usize) -> MasterConfig {
+    let mut cfg = MasterConfig::default();
+    cfg.policy.name = policy.into();
+    cfg.min_workers = min_workers;
+    cfg.heartbeat_timeout_secs = 15;
+    cfg.registration_timeout_secs = 60;
+    cfg.stop.no_progress_secs = 30;
+    cfg.stop.max_wall_secs = 3600;
+    cfg.stop.target_accuracy = Some(0.9);
+    cfg
+}
+
+fn reg(id: &str, incarnation: u64) -> Event {
+    Event::Status {
+        sender: id.into(),
+        msg: StatusMessage::Register(Registration {
+            worker_id: id.into(),
+            incarnation,
+            hostname: "h".into(),
+            arch: "x86_64".into(),
+            cores: 1,
+            slowdown: 1.0,
+            emulation: String::new(),
+        }),
+    }
+}
+
+fn report(id: &str, incarnation: u64, round: u64) -> Event {
+    Event::Status {
+        sender: id.into(),
+        msg: StatusMessage::RoundReport(RoundReport {
+            worker_id: id.into(),
+            incarnation,
+            round,
+            shard_id: round,
+            samples: 100,
+            epochs: 1,
+            compute_secs: 0.1,
+            emulated_idle_secs: 0.0,
+            round_secs: 0.1,
+            validation_loss: 0.5,
+            validation_accuracy: 0.8,
+            major: true,
+            statistic: None,
+            threshold: -1.3,
+            base_version: 0,
+            update_bytes: 0,
+        }),
+    }
+}
+
+fn update(id: &str, incarnation: u64, sequence: u64, base: u64) -> Event {
+    Event::Update {
+        sender: id.into(),
+        sequence,
+        position: Delivery {
+            kind: MessageKind::Update,
+            sender: id.into(),
+            sequence,
+            payload: Vec::new(),
+            topic: "updates".into(),
+            partition: 0,
+            offset: sequence as i64,
+        },
+        update: UpdateDelta {
+            worker_id: id.into(),
+            incarnation,
+            round: 1,
+            base_version: base,
+            samples: 100,
+            validation_loss: 0.5,
+            delta: vec![1.0; PARAMS],
+        },
+    }
+}
+
+fn tick(up: bool) -> Event {
+    Event::Tick {
+        broker_reachable: up,
+    }
+}
+
+fn started(policy: &str, workers: &[&str], t0: Instant) -> Coordinator {
+    let mut c =
+        Coordinator::new(config(policy, workers.len()), vec![0.0; PARAMS], 1000, t0).unwrap();
+    for (i, w) in workers.iter().enumerate() {
+        c.handle(reg(w, i as u64 + 1), t0);
+    }
+    let actions = c.handle(tick(true), t0);
+    assert_eq!(actions[0], Action::RecordInitialVersion);
+    c.evaluated(
+        TestResult {
+            loss: 2.3,
+            accuracy: 0.1,
+        },
+        t0,
+    );
+    c
+}
+
+fn stop_of(actions: &[Action]) -> Option<&StopReason> {
+    actions.iter().find_map(|a| match a {
+        Action::Stop(r) => Some(r),
+        _ => None,
+    })
+}
+
+#[test]
+fn training_starts_with_min_workers_each_getting_package_and_shard() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(config("bsp", 2), vec![0.0; PARAMS], 1000, t0).unwrap();
+    let a = c.handle(reg("w1", 1), t0);
+    assert_eq!(
+        a,
+        [Action::Welcome {
+            worker_id: "w1".into(),
+            incarnation: 1
+        }]
+    );
+    assert!(
+        c.handle(tick(true), t0).is_empty(),
+        "one of two workers: wait"
+    );
+    c.handle(reg("w2", 2), t0);
+    let a = c.handle(tick(true), t0);
+    assert_eq!(a[0], Action::RecordInitialVersion);
+    for w in ["w1", "w2"] {
+        assert!(
+            a.contains(&Action::SendPackage { worker: w.into() }),
+            "{a:?}"
+        );
+        assert!(
+            a.iter()
+                .any(|x| matches!(x, Action::SendShard { worker, round: 1, .. } if worker == w)),
+            "{a:?}"
+        );
+    }
+}
+
+#[test]
+fn too_few_registrations_end_the_run_as_a_failure() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(config("bsp", 2), vec![0.0; PARAMS], 1000, t0).unwrap();
+    c.handle(reg("w1", 1), t0);
+    let a = c.handle(tick(true), t0 + Duration::from_secs(61));
+    let r = stop_of(&a).expect("stops");
+    assert!(matches!(
+        r,
+        StopReason::RegistrationTimeout {
+            registered: 1,
+            needed: 2
+        }
+    ));
+    assert!(r.is_failure());
+}
+
+#[test]
+fn bsp_makes_a_version_once_every_worker_sent_and_stops_at_the_target() {
+    let t0 = Instant::now();
+    let mut c = started("bsp", &["w1", "w2"], t0);
+    assert!(c.handle(update("w1", 1, 10, 0), t0).is_empty());
+    let a = c.handle(update("w2", 2, 11, 0), t0);
+    match &a[..] {
+        [Action::NewVersion {
+            version: 1,
+            by,
+            commit: Some(d),
+        }] => {
+            assert_eq!(by.len(), 2);
+            assert_eq!(
+                d.offset, 11,
+                "the newest applied update's position is committed"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.version(), 1);
+    assert_eq!(c.accepted(), 2);
+    assert!(
+        c.global().iter().all(|&x| (x - 1.0).abs() < 1e-6),
+        "{:?}",
+        c.global()
+    );
+    let a = c.evaluated(
+        TestResult {
+            loss: 0.3,
+            accuracy: 0.95,
+        },
+        t0,
+    );
+    assert_eq!(stop_of(&a), Some(&StopReason::TargetReached));
+}
+
+#[test]
+fn a_replayed_update_is_applied_once() {
+    let t0 = Instant::now();
+    let mut c = started("asp", &["w1"], t0);
+    let a = c.handle(update("w1", 1, 10, 0), t0);
+    assert!(
+        matches!(a[..], [Action::NewVersion { version: 1, .. }]),
+        "{a:?}"
+    );
+    c.evaluated(
+        TestResult {
+            loss: 1.0,
+            accuracy: 0.5,
+        },
+        t0,
+    );
+    let a = c.handle(update("w1", 1, 10, 0), t0);
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(c.version(), 1);
+    assert_eq!(c.rejected_total(), 1);
+}
+
+#[test]
+fn an_unknown_incarnation_is_told_to_register_again() {
+    let t0 = Instant::now();
+    let mut c = started("asp", &["w1"], t0);
+    let a = c.handle(report("w1", 99, 1), t0);
+    assert_eq!(
+        a,
+        [Action::Unknown {
+            worker_id: "w1".into()
+        }]
+    );
+    let a = c.handle(update("w1", 99, 5, 0), t0);
+    assert_eq!(
+        a,
+        [Action::Unknown {
+            worker_id: "w1".into()
+        }]
+    );
+    assert_eq!(c.rejected()["unknown_incarnation"], 2);
+    // It re-registers with the same id: welcomed, package and shard again.
+    let a = c.handle(reg("w1", 99), t0);
+    assert!(
+        a.contains(&Action::SendPackage {
+            worker: "w1".into()
+        }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_silent_worker_is_gone_but_not_while_the_broker_is_unreachable() {
+    let t0 = Instant::now();
+    let mut c = started("asp", &["w1", "w2"], t0);
+    let t = t0 + Duration::from_secs(20);
+    // The broker is down: nobody heard from is anyone's fault.
+    c.handle(tick(false), t);
+    assert_eq!(c.workers().active_ids().len(), 2);
+    // Back after 40 s in all: the clocks restart, so nobody is gone yet.
+    let t = t0 + Duration::from_secs(40);
+    c.handle(tick(true), t);
+    assert_eq!(c.workers().active_ids().len(), 2);
+    // w1 keeps beating, w2 stays silent past the timeout.
+    let hb = |id: &str, inc| Event::Status {
+        sender: id.into(),
+        msg: StatusMessage::Heartbeat {
+            worker_id: id.into(),
+            incarnation: inc,
+            model_version: 0,
+        },
+    };
+    c.handle(hb("w1", 1), t + Duration::from_secs(10));
+    c.handle(tick(true), t + Duration::from_secs(16));
+    let active = c.workers().active_ids();
+    assert!(
+        active.contains("w1") && !active.contains("w2"),
+        "{active:?}"
+    );
+}
+
+#[test]
+fn a_run_without_new_versions_stops_as_no_progress() {
+    let t0 = Instant::now();
+    let mut c = started("asp", &["w1"], t0);
+    let hb = Event::Status {
+        sender: "w1".into(),
+        msg: StatusMessage::Heartbeat {
+            worker_id: "w1".into(),
+            incarnation: 1,
+            model_version: 0,
+        },
+    };
+    for s in (5..30).step_by(5) {
+        c.handle(hb_clone(&hb), t0 + Duration::from_secs(s));
+        assert!(stop_of(&c.handle(tick(true), t0 + Duration::from_secs(s))).is_none());
+    }
+    c.handle(hb_clone(&hb), t0 + Duration::from_secs(31));
+    let a = c.handle(tick(true), t0 + Duration::from_secs(31));
+    let r = stop_of(&a).expect("no progress");
+    assert!(r.is_failure());
+    assert!(
+        r.to_string().contains("no new global version for 31 s"),
+        "{r}"
+    );
+}
+
+fn hb_clone(e: &Event) -> Event {
+    match e {
+        Event::Status { sender, msg } => Event::Status {
+            sender: sender.clone(),
+            msg: msg.clone(),
+        },
+        _ => unreachable!(),
+    }
+}
