@@ -57,8 +57,19 @@ struct Master {
     plan: TrainingPlan,
     coord: Coordinator,
     outputs: RunOutputs,
-    broker_up: Arc<AtomicBool>,
+    broker: Arc<BrokerHealth>,
+    /// Failed probes already reported to the coordinator.
+    failed_probes_seen: u64,
     last_status_write: Instant,
+}
+
+/// What the background probe saw: whether the last probe got an answer,
+/// and how many have failed so far (so an outage the loop did not see —
+/// it may have been blocked in a send all along — is still reported).
+#[derive(Default)]
+struct BrokerHealth {
+    up: AtomicBool,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl Master {
@@ -106,8 +117,11 @@ impl Master {
             "master ready; waiting for {} worker(s)",
             cfg.min_workers
         );
-        let broker_up = Arc::new(AtomicBool::new(true));
-        spawn_broker_probe(&transport, broker_up.clone());
+        let broker = Arc::new(BrokerHealth {
+            up: AtomicBool::new(true),
+            ..Default::default()
+        });
+        spawn_broker_probe(&transport, broker.clone());
         Ok(Self {
             transport,
             rx,
@@ -119,7 +133,8 @@ impl Master {
             plan,
             coord,
             outputs,
-            broker_up,
+            broker,
+            failed_probes_seen: 0,
             last_status_write: Instant::now(),
             cfg,
         })
@@ -144,12 +159,20 @@ impl Master {
             }
             if Instant::now() >= next_tick || self.coord.training_started().is_none() {
                 next_tick = Instant::now() + Duration::from_millis(200);
-                let event = Event::Tick {
-                    broker_reachable: self.broker_up.load(Ordering::Relaxed),
-                };
-                let actions = self.coord.handle(event, Instant::now());
-                if let Some(reason) = self.execute(actions).await? {
-                    return Ok(reason);
+                let failed = self.broker.failed.load(Ordering::Relaxed);
+                let mut ticks = Vec::new();
+                if failed != self.failed_probes_seen {
+                    self.failed_probes_seen = failed;
+                    ticks.push(false);
+                }
+                ticks.push(self.broker.up.load(Ordering::Relaxed));
+                for broker_reachable in ticks {
+                    let actions = self
+                        .coord
+                        .handle(Event::Tick { broker_reachable }, Instant::now());
+                    if let Some(reason) = self.execute(actions).await? {
+                        return Ok(reason);
+                    }
                 }
                 self.write_status(false);
             }
@@ -458,14 +481,16 @@ fn position_of(d: &Delivery) -> Delivery {
     }
 }
 
-/// Probes the broker every second in the background; `up` says whether the
-/// last probe got an answer.
-fn spawn_broker_probe(transport: &Transport, up: Arc<AtomicBool>) {
+/// Probes the broker every second in the background.
+fn spawn_broker_probe(transport: &Transport, health: Arc<BrokerHealth>) {
     let probe = transport.probe();
     tokio::spawn(async move {
         loop {
             let ok = probe.reachable(Duration::from_secs(2)).await;
-            up.store(ok, Ordering::Relaxed);
+            if !ok {
+                health.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            health.up.store(ok, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

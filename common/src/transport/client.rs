@@ -16,7 +16,12 @@ fn base(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfig, TransportErr
             "message.max.bytes",
             (cfg.chunk_bytes + 64 * 1024).max(1_000_000).to_string(),
         )
-        .set("socket.keepalive.enable", "true");
+        .set("socket.keepalive.enable", "true")
+        // librdkafka backs off reconnects up to 10 s by default, so a node
+        // could stay deaf for 10 s after a broker returns — longer than a
+        // worker's heartbeats may pause. 1 s at most.
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000");
     let sec = &cfg.security;
     if let Some(p) = &sec.protocol {
         c.set("security.protocol", p);

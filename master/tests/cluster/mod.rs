@@ -177,8 +177,12 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster whose master config is conf/master.json changed by `edit`.
     pub fn new(name: &str, edit: impl FnOnce(&mut Value)) -> Cluster {
+        Self::on_brokers(name, brokers(), edit)
+    }
+
+    /// Like [`Cluster::new`] on the broker(s) at `brokers`.
+    pub fn on_brokers(name: &str, brokers: String, edit: impl FnOnce(&mut Value)) -> Cluster {
         require_setup();
-        let brokers = brokers();
         let run_id = format!("e2e-{name}-{}", std::process::id());
         let dir = tempfile::tempdir().expect("temp dir");
         let root = workspace();
