@@ -80,8 +80,8 @@ fn a_broker_outage_longer_than_the_heartbeat_timeout_loses_nobody() {
         m["training"]["optimizer"]["lr"] = 0.0002.into();
     });
     let mut master = cluster.master();
-    let w1 = cluster.worker("worker-1", 2.0);
-    let w2 = cluster.worker("worker-2", 2.0);
+    let _w1 = cluster.worker("worker-1", 2.0);
+    let _w2 = cluster.worker("worker-2", 2.0);
     assert!(
         master.wait_for("global version 4:", Duration::from_secs(120)),
         "no version 4:\n{}",
