@@ -329,6 +329,17 @@ impl UpdateLedger {
             .contains(&(worker.to_string(), incarnation, sequence))
     }
 
+    /// A ledger holding `applied` (from a checkpoint): exactly those count
+    /// as admitted, so a replay of them is refused and anything admitted
+    /// but not yet applied at the checkpoint is admitted again.
+    pub fn from_applied(applied: Vec<LedgerEntry>) -> Self {
+        let admitted = applied
+            .iter()
+            .map(|e| (e.worker.clone(), e.incarnation, e.sequence))
+            .collect();
+        Self { admitted, applied }
+    }
+
     /// Records an applied update.
     pub fn record_applied(&mut self, entry: LedgerEntry) {
         self.applied.push(entry);

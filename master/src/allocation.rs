@@ -179,7 +179,40 @@ pub struct ShardAllocator {
     records: Vec<AllocationRecord>,
 }
 
+/// What an allocator learned, for a checkpoint: measured throughputs, recent
+/// round times, the pass and shard counters. (The sample order of the
+/// current pass is drawn afresh on resume.)
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AllocatorSnapshot {
+    /// Smoothed samples/s per worker.
+    pub throughput: BTreeMap<String, f64>,
+    /// Recent round times (s).
+    pub round_times: Vec<f64>,
+    /// Passes over the training set so far.
+    pub pass: u64,
+    /// The next shard id.
+    pub next_shard_id: u64,
+}
+
 impl ShardAllocator {
+    /// What this allocator learned (see [`AllocatorSnapshot`]).
+    pub fn snapshot(&self) -> AllocatorSnapshot {
+        AllocatorSnapshot {
+            throughput: self.throughput.clone(),
+            round_times: self.round_times.iter().copied().collect(),
+            pass: self.pass,
+            next_shard_id: self.next_shard_id,
+        }
+    }
+
+    /// Takes over what a checkpointed allocator had learned.
+    pub fn restore(&mut self, s: AllocatorSnapshot) {
+        self.throughput = s.throughput;
+        self.round_times = s.round_times.into_iter().collect();
+        self.pass = s.pass;
+        self.next_shard_id = s.next_shard_id;
+    }
+
     /// An allocator over a training set of `dataset_len` samples.
     pub fn new(config: AllocationConfig, dataset_len: usize) -> Result<Self> {
         config.validate()?;

@@ -231,6 +231,50 @@ impl Coordinator {
         })
     }
 
+    /// The state a checkpoint holds (see [`crate::checkpoint::Checkpoint`]).
+    pub fn checkpoint(&self) -> crate::checkpoint::Checkpoint {
+        crate::checkpoint::Checkpoint {
+            version: self.version,
+            parameters: self.global.clone(),
+            ledger: self.ledger.applied().to_vec(),
+            workers: self.workers.snapshot(),
+            allocator: self.allocator.snapshot(),
+            accepted: self.accepted,
+            rejected: self.rejected.clone(),
+            best_loss: self.best_loss,
+            best_loss_version: self.best_loss_version,
+        }
+    }
+
+    /// A coordinator carrying on from `ckpt` (a restarted master): the
+    /// version, weights, ledger, counters and what the allocator learned come
+    /// back; every known worker must register again, keeping its id and
+    /// statistics; training counts as started. Updates admitted but not yet
+    /// applied at the checkpoint are read again from Kafka's committed
+    /// offsets and admitted again; applied ones are refused by the ledger.
+    pub fn resume(
+        cfg: MasterConfig,
+        ckpt: crate::checkpoint::Checkpoint,
+        train_len: usize,
+        now: Instant,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !ckpt.parameters.is_empty(),
+            "the checkpoint holds no parameters"
+        );
+        let mut c = Self::new(cfg, ckpt.parameters, train_len, now)?;
+        c.version = ckpt.version;
+        c.ledger = UpdateLedger::from_applied(ckpt.ledger);
+        c.workers = WorkerRegistry::restore(ckpt.workers, now);
+        c.allocator.restore(ckpt.allocator);
+        c.accepted = ckpt.accepted;
+        c.rejected = ckpt.rejected;
+        c.best_loss = ckpt.best_loss;
+        c.best_loss_version = ckpt.best_loss_version;
+        c.training_started = Some(now);
+        Ok(c)
+    }
+
     /// The policy's name.
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()

@@ -19,6 +19,11 @@ struct Cli {
     /// `testbed` the testbed profile (default `conf/testbed.json`).
     #[arg(long, global = true)]
     conf: Option<std::path::PathBuf>,
+    /// Start the run anew even if its folder holds a checkpoint (the old
+    /// folder is moved aside, never overwritten). Without it, a run id whose
+    /// folder holds a checkpoint is resumed.
+    #[arg(long)]
+    fresh: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -64,7 +69,7 @@ fn dispatch() -> anyhow::Result<std::process::ExitCode> {
             cfg.validate()
                 .with_context(|| format!("{}: invalid configuration", conf.display()))?;
             let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
-            runtime.block_on(run::run(cfg))
+            runtime.block_on(run::run(cfg, cli.fresh))
         }
     }
 }

@@ -26,7 +26,7 @@ pub struct WorkerState {
 }
 
 /// Per-worker counters for the run summary.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerStats {
     /// Rounds reported.
     pub rounds: u64,
@@ -52,6 +52,17 @@ pub struct WorkerStats {
     pub registrations: u64,
     /// Times it was marked gone.
     pub times_gone: u64,
+}
+
+/// A worker as a checkpoint keeps it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerSnapshot {
+    /// Its last registration.
+    pub registration: Registration,
+    /// The round it is on.
+    pub next_round: u64,
+    /// Its statistics so far.
+    pub stats: WorkerStats,
 }
 
 /// How a registration relates to what we knew.
@@ -206,6 +217,41 @@ impl WorkerRegistry {
             .filter(|(_, w)| w.active)
             .map(|(id, _)| id.clone())
             .collect()
+    }
+
+    /// What a checkpoint keeps of every worker.
+    pub fn snapshot(&self) -> Vec<WorkerSnapshot> {
+        self.workers
+            .values()
+            .map(|w| WorkerSnapshot {
+                registration: w.registration.clone(),
+                next_round: w.next_round,
+                stats: w.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// The workers of a checkpoint, all inactive: each must register again
+    /// (the restarted master tells them so), keeping its id and statistics.
+    pub fn restore(snapshot: Vec<WorkerSnapshot>, now: Instant) -> Self {
+        let workers = snapshot
+            .into_iter()
+            .map(|s| {
+                (
+                    s.registration.worker_id.clone(),
+                    WorkerState {
+                        registration: s.registration,
+                        active: false,
+                        last_seen: now,
+                        last_seen_ms: common::protocol::now_ms(),
+                        next_round: s.next_round,
+                        busy: false,
+                        stats: s.stats,
+                    },
+                )
+            })
+            .collect();
+        Self { workers }
     }
 
     /// Every worker ever seen.

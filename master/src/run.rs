@@ -36,10 +36,14 @@ pub const MASTER_ID: &str = "master";
 const SMALL_LIMIT: u64 = 1024 * 1024;
 
 /// Runs the master until the run ends.
-pub async fn run(cfg: MasterConfig) -> anyhow::Result<ExitCode> {
+///
+/// A run folder with a checkpoint is resumed (the same run id continues
+/// where its checkpoint and committed offsets say) unless `fresh`, which
+/// moves the old folder aside and starts over.
+pub async fn run(cfg: MasterConfig, fresh: bool) -> anyhow::Result<ExitCode> {
     let (log_tx, log_rx) = mpsc::channel::<LogRecord>(4096);
     common::logging::init(&cfg.logging.level, MASTER_ID, Some(log_tx));
-    let mut master = Master::start(cfg, log_rx).await?;
+    let mut master = Master::start(cfg, fresh, log_rx).await?;
     let outcome = master.run_to_end().await;
     master.finish(outcome).await
 }
@@ -73,13 +77,43 @@ struct BrokerHealth {
 }
 
 impl Master {
-    async fn start(cfg: MasterConfig, log_rx: mpsc::Receiver<LogRecord>) -> anyhow::Result<Self> {
+    async fn start(
+        cfg: MasterConfig,
+        fresh: bool,
+        log_rx: mpsc::Receiver<LogRecord>,
+    ) -> anyhow::Result<Self> {
         let workload = Workload::load(&cfg)?;
         let mut engine = workload::evaluation_engine(&cfg)?;
         let (model_name, files) = workload::artifact_files(&cfg.model.artifacts)?;
-        let global = engine.parameters().to_vec();
-        engine.set_parameters(&global)?;
-        let coord = Coordinator::new(cfg.clone(), global, workload.train_len(), Instant::now())?;
+        let initial = engine.parameters().to_vec();
+        let ckpt_path = crate::outputs::run_dir(&cfg.data_dir, &cfg.run_id)?.join(checkpoint::FILE);
+        let resume = !fresh && ckpt_path.exists();
+        let coord = if resume {
+            let ckpt = checkpoint::load(&ckpt_path).with_context(|| {
+                format!(
+                    "cannot resume run `{}` ({}); `--fresh` starts it anew (the old folder is moved aside)",
+                    cfg.run_id,
+                    ckpt_path.display()
+                )
+            })?;
+            anyhow::ensure!(
+                ckpt.parameters.len() == initial.len(),
+                "{}: holds {} parameters, the model has {}",
+                ckpt_path.display(),
+                ckpt.parameters.len(),
+                initial.len()
+            );
+            tracing::info!(
+                run = %cfg.run_id,
+                version = ckpt.version,
+                applied = ckpt.ledger.len(),
+                "resuming the run from its checkpoint; workers are asked to register again"
+            );
+            Coordinator::resume(cfg.clone(), ckpt, workload.train_len(), Instant::now())?
+        } else {
+            Coordinator::new(cfg.clone(), initial, workload.train_len(), Instant::now())?
+        };
+        engine.set_parameters(coord.global())?;
         let plan = TrainingPlan {
             epochs: cfg.training.epochs,
             batch_size: cfg.training.batch_size,
@@ -88,7 +122,11 @@ impl Master {
             gate_updates: coord.workers_gate_updates(),
             seed: cfg.training.seed,
         };
-        let outputs = RunOutputs::create(&cfg, coord.policy_name())?;
+        let outputs = if resume {
+            RunOutputs::resume(&cfg, coord.policy_name())?
+        } else {
+            RunOutputs::create(&cfg, coord.policy_name())?
+        };
         let transport = Transport::connect(&cfg.kafka, &cfg.run_id, MASTER_ID)
             .await
             .context("connect to kafka")?;
@@ -97,13 +135,23 @@ impl Master {
             .await
             .context("create run topics")?;
         let topics = transport.topics().clone();
-        // From "now": a restarted master starts a new run; records of an
-        // earlier run under the same id are not replayed.
+        // Status and logs from now on (workers register again after a
+        // restart); updates from the committed offsets when resuming, so
+        // nothing accepted after the checkpoint is lost (the ledger refuses
+        // what was applied already).
+        let updates_from = if resume {
+            StartAt::Committed
+        } else {
+            StartAt::End
+        };
         let rx = transport
-            .receiver(
-                &[topics.status(), topics.updates(), topics.logs()],
+            .receiver_from(
+                &[
+                    (topics.status(), StartAt::End),
+                    (topics.updates(), updates_from),
+                    (topics.logs(), StartAt::End),
+                ],
                 &format!("master-{}", cfg.run_id),
-                StartAt::End,
             )
             .await
             .context("subscribe to status, updates and logs")?;
@@ -303,7 +351,7 @@ impl Master {
             .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
             .await
             .context("broadcast global model")?;
-        checkpoint::save(&self.outputs.run_dir(), version, self.coord.global())?;
+        checkpoint::save(&self.outputs.run_dir(), &self.coord.checkpoint())?;
         if let Some(d) = commit {
             if let Err(e) = self.rx.commit(&d) {
                 tracing::warn!("offset commit failed (will be retried with the next version): {e}");

@@ -49,6 +49,8 @@ pub struct RunOutputs {
     policy: String,
     target_accuracy: Option<f64>,
     started_ms: u64,
+    /// Bytes (up, down) counted before a resume, added to this process's counters.
+    bytes_before: (u64, u64),
     metrics: MetricsWriter,
     allocation: File,
     central: CentralLog,
@@ -58,9 +60,23 @@ pub struct RunOutputs {
 }
 
 impl RunOutputs {
-    /// Creates `<data_dir>/runs/<run_id>/` and opens its files.
+    /// Creates `<data_dir>/runs/<run_id>/` and opens its files. A folder
+    /// left by an earlier run of the same id is never overwritten: it is
+    /// moved aside to `<run_id>.<UTC time>` first (and said so).
     pub fn create(cfg: &MasterConfig, policy: &str) -> anyhow::Result<Self> {
         let run_dir = crate::outputs::run_dir(&cfg.data_dir, &cfg.run_id)?;
+        if run_dir.exists() {
+            let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+            let aside = run_dir.with_file_name(format!("{}.{stamp}", cfg.run_id));
+            std::fs::rename(&run_dir, &aside).with_context(|| {
+                format!("move the earlier run folder {} aside", run_dir.display())
+            })?;
+            tracing::warn!(
+                "run folder {} existed: moved to {} (a fresh run never overwrites one)",
+                run_dir.display(),
+                aside.display()
+            );
+        }
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("create {}", run_dir.display()))?;
         let metrics = MetricsWriter::create(&run_dir)?;
@@ -68,13 +84,48 @@ impl RunOutputs {
         let mut allocation = File::create(&alloc_path)
             .with_context(|| format!("create {}", alloc_path.display()))?;
         writeln!(allocation, "{}", AllocationRecord::CSV_HEADER)?;
+        Self::with(cfg, policy, run_dir, metrics, allocation, now_ms(), (0, 0))
+    }
+
+    /// Opens the files of a run being resumed, for appending: metrics.csv
+    /// keeps its rows and its clock (elapsed time and byte counts go on from
+    /// the last row), allocation.csv grows.
+    pub fn resume(cfg: &MasterConfig, policy: &str) -> anyhow::Result<Self> {
+        let run_dir = crate::outputs::run_dir(&cfg.data_dir, &cfg.run_id)?;
+        let metrics = MetricsWriter::open_append(&run_dir)?;
+        let alloc_path = run_dir.join("allocation.csv");
+        let allocation = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&alloc_path)
+            .with_context(|| format!("{}: cannot open for appending", alloc_path.display()))?;
+        let (started, bytes) = match metrics.last() {
+            Some(r) => (
+                now_ms().saturating_sub((r.elapsed_secs * 1000.0) as u64),
+                (r.bytes_up, r.bytes_down),
+            ),
+            None => (now_ms(), (0, 0)),
+        };
+        Self::with(cfg, policy, run_dir, metrics, allocation, started, bytes)
+    }
+
+    fn with(
+        cfg: &MasterConfig,
+        policy: &str,
+        run_dir: PathBuf,
+        metrics: MetricsWriter,
+        allocation: File,
+        started_ms: u64,
+        bytes_before: (u64, u64),
+    ) -> anyhow::Result<Self> {
         let central = CentralLog::open(&cfg.data_dir)?;
         Ok(Self {
             run_dir,
             run_id: cfg.run_id.clone(),
             policy: policy.to_string(),
             target_accuracy: cfg.stop.target_accuracy,
-            started_ms: now_ms(),
+            started_ms,
+            bytes_before,
             metrics,
             allocation,
             central,
@@ -107,8 +158,8 @@ impl RunOutputs {
             version,
             test_loss: test.loss,
             test_accuracy: test.accuracy,
-            bytes_up: wire.bytes_received,
-            bytes_down: wire.bytes_sent,
+            bytes_up: wire.bytes_received + self.bytes_before.0,
+            bytes_down: wire.bytes_sent + self.bytes_before.1,
             updates_accepted: accepted,
             updates_rejected: rejected,
             worker: (!by.is_empty()).then(|| by.to_string()),
@@ -150,8 +201,8 @@ impl RunOutputs {
             test_accuracy: Some(test.accuracy),
             updates_accepted: accepted,
             updates_rejected: rejected,
-            bytes_up: wire.bytes_received,
-            bytes_down: wire.bytes_sent,
+            bytes_up: wire.bytes_received + self.bytes_before.0,
+            bytes_down: wire.bytes_sent + self.bytes_before.1,
             active_workers,
         });
     }
@@ -234,11 +285,13 @@ impl RunOutputs {
             bytes_up: self
                 .metrics
                 .last()
-                .map_or(s.metrics.bytes_received, |r| r.bytes_up),
+                .map_or(s.metrics.bytes_received + self.bytes_before.0, |r| {
+                    r.bytes_up
+                }),
             bytes_down: self
                 .metrics
                 .last()
-                .map_or(s.metrics.bytes_sent, |r| r.bytes_down),
+                .map_or(s.metrics.bytes_sent + self.bytes_before.1, |r| r.bytes_down),
             updates_accepted: s.accepted,
             rejected_by_reason: rejected,
             workers,

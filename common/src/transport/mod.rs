@@ -387,12 +387,22 @@ impl Transport {
         group: &str,
         start: StartAt,
     ) -> Result<Receiver, TransportError> {
+        let each: Vec<(String, StartAt)> = topics.iter().map(|t| (t.clone(), start)).collect();
+        self.receiver_from(&each, group).await
+    }
+
+    /// A receiver on several topics, each starting where its [`StartAt`]
+    /// says (e.g. updates from the committed offsets, status from now).
+    pub async fn receiver_from(
+        &self,
+        topics: &[(String, StartAt)],
+        group: &str,
+    ) -> Result<Receiver, TransportError> {
         Receiver::new(
             &self.cfg,
             &format!("{}-rx", self.sender_id),
             group,
             topics,
-            start,
             Arc::clone(&self.codec),
             chunk_limits(&self.cfg),
             Arc::clone(&self.metrics),

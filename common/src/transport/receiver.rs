@@ -77,8 +77,7 @@ impl Receiver {
         cfg: &KafkaConfig,
         client_id: &str,
         group: &str,
-        topics: &[String],
-        start: StartAt,
+        topics: &[(String, StartAt)],
         codec: Arc<EnvelopeCodec>,
         limits: ChunkLimits,
         metrics: Arc<TransportMetrics>,
@@ -89,7 +88,7 @@ impl Receiver {
                 context: "create consumer".into(),
                 source: e,
             })?;
-        let assignment = assignment(&consumer, topics, start).await?;
+        let assignment = assignment(&consumer, topics).await?;
         consumer
             .assign(&assignment)
             .map_err(|e| TransportError::Kafka {
@@ -276,16 +275,17 @@ impl Receiver {
     }
 }
 
-/// Every partition of `topics`, waiting (bounded) for topics that do not exist yet.
+/// Every partition of `topics`, each starting where its [`StartAt`] says,
+/// waiting (bounded) for topics that do not exist yet.
 async fn assignment(
     consumer: &StreamConsumer,
-    topics: &[String],
-    start: StartAt,
+    topics: &[(String, StartAt)],
 ) -> Result<TopicPartitionList, TransportError> {
     let mut tpl = TopicPartitionList::new();
     let mut partitions_of: BTreeMap<String, i32> = BTreeMap::new();
+    let start_of: BTreeMap<&str, StartAt> = topics.iter().map(|(t, s)| (t.as_str(), *s)).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    for topic in topics {
+    for (topic, _) in topics {
         loop {
             let md = consumer
                 .fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(5)))
@@ -312,7 +312,7 @@ async fn assignment(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    let committed = if start == StartAt::Committed {
+    let committed = if topics.iter().any(|(_, s)| *s == StartAt::Committed) {
         let mut probe = TopicPartitionList::new();
         for (topic, count) in &partitions_of {
             for p in 0..*count {
@@ -326,6 +326,10 @@ async fn assignment(
         None
     };
     for (topic, count) in &partitions_of {
+        let start = start_of
+            .get(topic.as_str())
+            .copied()
+            .unwrap_or(StartAt::End);
         for p in 0..*count {
             let offset = match start {
                 StartAt::Beginning => Offset::Beginning,

@@ -129,6 +129,22 @@ impl MetricsWriter {
         Ok(writer)
     }
 
+    /// Opens an existing `<run_dir>/metrics.csv` for appending (a resumed
+    /// run): its rows are read back, nothing is truncated.
+    pub fn open_append(run_dir: &Path) -> anyhow::Result<Self> {
+        let path = run_dir.join(METRICS_FILE);
+        let rows = read_metrics(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open for appending", path.display()))?;
+        Ok(Self {
+            path,
+            out: csv::Writer::from_writer(file),
+            rows,
+        })
+    }
+
     /// Appends one row and flushes it to the file.
     pub fn append(&mut self, row: MetricsRow) -> anyhow::Result<()> {
         self.write_record(row.cells())?;
