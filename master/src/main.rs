@@ -19,9 +19,9 @@ struct Cli {
     /// `testbed` the testbed profile (default `conf/testbed.json`).
     #[arg(long, global = true)]
     conf: Option<std::path::PathBuf>,
-    /// Start the run anew even if its folder holds a checkpoint (the old
-    /// folder is moved aside, never overwritten). Without it, a run id whose
-    /// folder holds a checkpoint is resumed.
+    /// Start the run anew even if its folder holds the checkpoint of an
+    /// unfinished run (the old folder is moved aside, never overwritten).
+    /// Without it, an unfinished run with a checkpoint is resumed.
     #[arg(long)]
     fresh: bool,
     #[command(subcommand)]

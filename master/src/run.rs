@@ -86,8 +86,12 @@ impl Master {
         let mut engine = workload::evaluation_engine(&cfg)?;
         let (model_name, files) = workload::artifact_files(&cfg.model.artifacts)?;
         let initial = engine.parameters().to_vec();
-        let ckpt_path = crate::outputs::run_dir(&cfg.data_dir, &cfg.run_id)?.join(checkpoint::FILE);
-        let resume = !fresh && ckpt_path.exists();
+        let run_dir = crate::outputs::run_dir(&cfg.data_dir, &cfg.run_id)?;
+        let ckpt_path = run_dir.join(checkpoint::FILE);
+        // A run that ended wrote its summary: the same id then starts anew
+        // (its folder moved aside); one that did not is resumed.
+        let ended = run_dir.join(crate::outputs::summary::SUMMARY_FILE).exists();
+        let resume = !fresh && !ended && ckpt_path.exists();
         let coord = if resume {
             let ckpt = checkpoint::load(&ckpt_path).with_context(|| {
                 format!(
