@@ -83,9 +83,20 @@ where
         path: path.to_path_buf(),
         source,
     })?;
+    load_str_with_env(&text, path, env)
+}
+
+/// Like [`load_with_env`], for JSON text already in memory; `path` only names
+/// it in errors. This is the whole of loading but the file read, so tests and
+/// fuzzing can feed it any text.
+pub fn load_str_with_env<T, I>(text: &str, path: &Path, env: I) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+    I: IntoIterator<Item = (String, String)>,
+{
     // Parse once ourselves: serde_json reports line and column, which the
     // `config` crate's JSON source does not.
-    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| ConfigError::Json {
+    serde_json::from_str::<serde_json::Value>(text).map_err(|e| ConfigError::Json {
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
@@ -94,7 +105,7 @@ where
 
     let overrides = env_overrides::<T, I>(env);
     let merged = ::config::Config::builder()
-        .add_source(::config::File::from_str(&text, ::config::FileFormat::Json))
+        .add_source(::config::File::from_str(text, ::config::FileFormat::Json))
         .add_source(
             ::config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
@@ -325,5 +336,25 @@ mod tests {
             .expect_err("must fail")
             .to_string();
         assert!(msg.contains("field `rounds`"), "{msg}");
+    }
+
+    #[test]
+    fn text_loads_like_a_file_and_is_named_by_the_given_path() {
+        let text = r#"{"worker_id": "a", "rounds": 3}"#;
+        let from_text: Sample = load_str_with_env(
+            text,
+            Path::new("inline.json"),
+            env(&[("HERMES_ROUNDS", "4")]),
+        )
+        .expect("loads");
+        let f = write(text);
+        let from_file: Sample =
+            load_with_env(f.path(), env(&[("HERMES_ROUNDS", "4")])).expect("loads");
+        assert_eq!(from_text, from_file);
+        assert_eq!(from_text.rounds, 4);
+        let msg = load_str_with_env::<Sample, _>("{", Path::new("inline.json"), env(&[]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(msg.starts_with("inline.json: invalid JSON"), "{msg}");
     }
 }
