@@ -822,6 +822,15 @@ fn wire_seeds() -> Vec<Vec<u8>> {
     )
     .expect("valid");
     let deep = Dataset::new("seed", vec![0.5; 24], vec![0, 3], vec![1, 2, 3, 2], 4).expect("valid");
+    // Byte values but for one, so f32-encoded; a signed zero among them.
+    let almost_bytes = Dataset::new(
+        "seed",
+        vec![-0.0, 0.5, 2.0, 255.0, 7.0, 1.0],
+        vec![0, 1, 1],
+        vec![2],
+        2,
+    )
+    .expect("valid");
     let empty = Dataset::new("seed", vec![], vec![], vec![4], 2).expect("valid");
     vec![
         bytes.to_bytes(),
@@ -830,6 +839,7 @@ fn wire_seeds() -> Vec<Vec<u8>> {
             .expect("shard"),
         floats.to_bytes(),
         deep.to_bytes(),
+        almost_bytes.to_bytes(),
         empty.to_bytes(),
     ]
 }
