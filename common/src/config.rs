@@ -65,12 +65,38 @@ pub enum ConfigError {
 }
 
 /// Loads `T` from the JSON file at `path`, then applies `HERMES_*` overrides
-/// taken from the process environment.
+/// taken from the process environment. A `HERMES_*` variable whose value is
+/// not UTF-8 is an error; other variables that are not UTF-8 are ignored.
 pub fn load<T>(path: &Path) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Serialize + Default,
 {
-    load_with_env(path, std::env::vars())
+    // Not `std::env::vars()`: it panics on the first variable that is not UTF-8.
+    let env = utf8_env(std::env::vars_os()).map_err(|message| ConfigError::Layering {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    load_with_env(path, env)
+}
+
+/// The environment's UTF-8 variables; a `HERMES_*` one that is not UTF-8 is
+/// an error naming it, any other is skipped.
+fn utf8_env<I>(vars: I) -> Result<Vec<(String, String)>, String>
+where
+    I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+{
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut env = Vec::new();
+    for (name, value) in vars {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => env.push((name, value)),
+            (Ok(name), Err(_)) if name.starts_with(&prefix) => {
+                return Err(format!("environment variable {name} is not valid UTF-8"))
+            }
+            _ => {}
+        }
+    }
+    Ok(env)
 }
 
 /// Like [`load`], with the environment given explicitly (used by tests).
@@ -336,6 +362,28 @@ mod tests {
             .expect_err("must fail")
             .to_string();
         assert!(msg.contains("field `rounds`"), "{msg}");
+    }
+
+    /// Found by review while writing the `config` fuzz target: `load` used
+    /// `std::env::vars()`, which panics when any variable of the process is
+    /// not UTF-8.
+    #[test]
+    fn environment_that_is_not_utf8_does_not_panic() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![0x66, 0xFF, 0x6F]);
+        let vars = vec![
+            (OsString::from("HERMES_ROUNDS"), OsString::from("4")),
+            (OsString::from("LANG_X"), bad()),
+            (bad(), OsString::from("x")),
+        ];
+        assert_eq!(
+            utf8_env(vars).expect("others are skipped"),
+            env(&[("HERMES_ROUNDS", "4")])
+        );
+        let err = utf8_env(vec![(OsString::from("HERMES_WORKER_ID"), bad())])
+            .expect_err("ours must be UTF-8");
+        assert!(err.contains("HERMES_WORKER_ID"), "{err}");
     }
 
     #[test]
