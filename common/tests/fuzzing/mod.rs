@@ -48,6 +48,10 @@ const MAX_CRASHES_KEPT: usize = 16;
 /// Longest purely random input.
 const MAX_RANDOM_LEN: usize = 512;
 
+/// A structure-aware mutation: a new input made from a corpus entry, or
+/// `None` when the entry does not have the structure.
+pub type StructuredMutator = fn(&mut ChaCha8Rng, &[u8]) -> Option<Vec<u8>>;
+
 /// One thing to fuzz: a function over untrusted bytes and its seeds.
 pub struct Target {
     /// Short name (table row, JSON key).
@@ -66,7 +70,7 @@ pub struct Target {
     pub alloc_per_byte: usize,
     /// A structure-aware mutation tried for half the inputs (e.g.
     /// [`mutate_json`]); `None` for byte mutations only.
-    pub structured: Option<fn(&mut ChaCha8Rng, &[u8]) -> Option<Vec<u8>>>,
+    pub structured: Option<StructuredMutator>,
     /// Runs one input; returns an outcome label (`"ok"` or the error's
     /// reason). Panics on a broken property.
     pub run: fn(&[u8]) -> &'static str,

@@ -905,6 +905,7 @@ fn run_manifest(input: &[u8]) -> &'static str {
 
 fn manifest_label(reason: &str) -> &'static str {
     const CHECKS: [&str; 14] = [
+        "more elements than fit",
         "format_version",
         "num_classes",
         "no data inputs",
@@ -918,7 +919,6 @@ fn manifest_label(reason: &str) -> &'static str {
         "numel",
         "offset",
         "gradient",
-        "overflow",
     ];
     CHECKS
         .into_iter()
@@ -930,7 +930,8 @@ fn manifest_label(reason: &str) -> &'static str {
         })
 }
 
-fn manifest_value() -> serde_json::Value {
+/// A valid manifest (an MLP on MNIST) as JSON.
+pub fn manifest_value() -> serde_json::Value {
     serde_json::json!({
         "format_version": 1,
         "model": "mlp",
