@@ -195,7 +195,14 @@ fn main() {
     }
     let report = serde_json::json!({
         "bench": "fuzz",
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": format!(
+            "cargo bench -p common --bench fuzz -- {}",
+            std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         "profile": profile,
         "machine": support::machine(),
         "seed": args.seed,

@@ -920,14 +920,23 @@ fn manifest_label(reason: &str) -> &'static str {
         "offset",
         "gradient",
     ];
+    /// serde_json's data errors, then its syntax errors.
+    const JSON: [(&str, &str); 5] = [
+        ("missing field", "json_missing_field"),
+        ("invalid type", "json_invalid_type"),
+        ("unknown variant", "json_unknown_variant"),
+        ("invalid value", "json_invalid_value"),
+        ("at line", "json_syntax"),
+    ];
     CHECKS
         .into_iter()
         .find(|c| reason.contains(c))
-        .unwrap_or(if reason.contains("at line") {
-            "json"
-        } else {
-            "other"
+        .or_else(|| {
+            JSON.into_iter()
+                .find(|(needle, _)| reason.contains(needle))
+                .map(|(_, label)| label)
         })
+        .unwrap_or("other")
 }
 
 /// A valid manifest (an MLP on MNIST) as JSON.
