@@ -69,7 +69,7 @@ pub struct Target {
     /// See `alloc_fixed`.
     pub alloc_per_byte: usize,
     /// A structure-aware mutation tried for half the inputs (e.g.
-    /// [`mutate_json`]); `None` for byte mutations only.
+    /// [`mutate_json_text`]); `None` for byte mutations only.
     pub structured: Option<StructuredMutator>,
     /// Runs one input; returns an outcome label (`"ok"` or the error's
     /// reason). Panics on a broken property.
