@@ -65,12 +65,38 @@ pub enum ConfigError {
 }
 
 /// Loads `T` from the JSON file at `path`, then applies `HERMES_*` overrides
-/// taken from the process environment.
+/// taken from the process environment. A `HERMES_*` variable whose value is
+/// not UTF-8 is an error; other variables that are not UTF-8 are ignored.
 pub fn load<T>(path: &Path) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Serialize + Default,
 {
-    load_with_env(path, std::env::vars())
+    // Not `std::env::vars()`: it panics on the first variable that is not UTF-8.
+    let env = utf8_env(std::env::vars_os()).map_err(|message| ConfigError::Layering {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    load_with_env(path, env)
+}
+
+/// The environment's UTF-8 variables; a `HERMES_*` one that is not UTF-8 is
+/// an error naming it, any other is skipped.
+fn utf8_env<I>(vars: I) -> Result<Vec<(String, String)>, String>
+where
+    I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+{
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut env = Vec::new();
+    for (name, value) in vars {
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => env.push((name, value)),
+            (Ok(name), Err(_)) if name.starts_with(&prefix) => {
+                return Err(format!("environment variable {name} is not valid UTF-8"))
+            }
+            _ => {}
+        }
+    }
+    Ok(env)
 }
 
 /// Like [`load`], with the environment given explicitly (used by tests).
@@ -83,9 +109,20 @@ where
         path: path.to_path_buf(),
         source,
     })?;
+    load_str_with_env(&text, path, env)
+}
+
+/// Like [`load_with_env`], for JSON text already in memory; `path` only names
+/// it in errors. This is the whole of loading but the file read, so tests and
+/// fuzzing can feed it any text.
+pub fn load_str_with_env<T, I>(text: &str, path: &Path, env: I) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+    I: IntoIterator<Item = (String, String)>,
+{
     // Parse once ourselves: serde_json reports line and column, which the
     // `config` crate's JSON source does not.
-    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| ConfigError::Json {
+    serde_json::from_str::<serde_json::Value>(text).map_err(|e| ConfigError::Json {
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
@@ -94,7 +131,7 @@ where
 
     let overrides = env_overrides::<T, I>(env);
     let merged = ::config::Config::builder()
-        .add_source(::config::File::from_str(&text, ::config::FileFormat::Json))
+        .add_source(::config::File::from_str(text, ::config::FileFormat::Json))
         .add_source(
             ::config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
@@ -325,5 +362,47 @@ mod tests {
             .expect_err("must fail")
             .to_string();
         assert!(msg.contains("field `rounds`"), "{msg}");
+    }
+
+    /// Found by review while writing the `config` fuzz target: `load` used
+    /// `std::env::vars()`, which panics when any variable of the process is
+    /// not UTF-8.
+    #[test]
+    fn environment_that_is_not_utf8_does_not_panic() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![0x66, 0xFF, 0x6F]);
+        let vars = vec![
+            (OsString::from("HERMES_ROUNDS"), OsString::from("4")),
+            (OsString::from("LANG_X"), bad()),
+            (bad(), OsString::from("x")),
+        ];
+        assert_eq!(
+            utf8_env(vars).expect("others are skipped"),
+            env(&[("HERMES_ROUNDS", "4")])
+        );
+        let err = utf8_env(vec![(OsString::from("HERMES_WORKER_ID"), bad())])
+            .expect_err("ours must be UTF-8");
+        assert!(err.contains("HERMES_WORKER_ID"), "{err}");
+    }
+
+    #[test]
+    fn text_loads_like_a_file_and_is_named_by_the_given_path() {
+        let text = r#"{"worker_id": "a", "rounds": 3}"#;
+        let from_text: Sample = load_str_with_env(
+            text,
+            Path::new("inline.json"),
+            env(&[("HERMES_ROUNDS", "4")]),
+        )
+        .expect("loads");
+        let f = write(text);
+        let from_file: Sample =
+            load_with_env(f.path(), env(&[("HERMES_ROUNDS", "4")])).expect("loads");
+        assert_eq!(from_text, from_file);
+        assert_eq!(from_text.rounds, 4);
+        let msg = load_str_with_env::<Sample, _>("{", Path::new("inline.json"), env(&[]))
+            .expect_err("must fail")
+            .to_string();
+        assert!(msg.starts_with("inline.json: invalid JSON"), "{msg}");
     }
 }

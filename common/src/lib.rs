@@ -12,6 +12,29 @@
 //! * [`engine`] — training with lowered ONNX Runtime training artifacts; optimizers in Rust.
 //! * [`data`] — dataset loaders (MNIST IDX, CIFAR-10 binary, CSV), splits and batching.
 //! * [`stats`] — the loss gate (z-score window, Welch t-test).
+//!
+//! # Fuzzing
+//!
+//! Every decoder of untrusted input is a fuzz target: the envelope, chunk
+//! reassembly (sequences of chunk records from several senders, with expiry),
+//! each protocol message the nodes receive, the shard wire format, the
+//! artifact manifest, and config text with environment overrides. The fuzzer
+//! (`tests/fuzzing/`) is a seeded mutation fuzzer that runs on stable Rust:
+//! it starts from real encodings, stacks byte-level and JSON-tree mutations
+//! on them, and counts as a crash any panic, any broken property (decode then
+//! encode gives the input back; the reassembler returns exactly the chunks it
+//! accepted and frees all it holds), and any input that grows the heap past
+//! its target's budget. `cargo test -p common --test fuzz_corpus` runs 5,000
+//! inputs per target from a fixed seed (part of CI); the long run is
+//!
+//! ```text
+//! cargo bench -p common --bench fuzz -- --inputs 1000000
+//! ```
+//!
+//! which prints target, inputs, seconds, inputs/s and crashes per target,
+//! writes `data/bench/fuzz.json`, saves crashing inputs under
+//! `data/bench/fuzz-crashes/` and exits 1 if anything crashed (`--target
+//! NAME`, `--seed S`, `--time-limit SECS`, `--list`).
 
 pub mod auth;
 pub mod chunking;

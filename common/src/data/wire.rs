@@ -168,11 +168,14 @@ impl Dataset {
 /// The byte `q` with `q / divisor == v` exactly, if there is one.
 fn byte_of(v: f32, divisor: f32) -> Option<u8> {
     let q = (v * divisor).round();
-    if (0.0..=255.0).contains(&q) && (q / divisor).to_bits() == v.to_bits() {
-        Some(q as u8)
-    } else {
-        None
+    if !(0.0..=255.0).contains(&q) {
+        return None;
     }
+    let q = q as u8;
+    // Checked on what the decoder computes from the byte: `-0.0` rounds to
+    // a `q` of `-0.0`, which passes a check on `q` itself, but its byte
+    // decodes as `+0.0`.
+    ((f32::from(q) / divisor).to_bits() == v.to_bits()).then_some(q)
 }
 
 /// A bounds-checked cursor over the encoded bytes.
@@ -257,6 +260,21 @@ mod tests {
         let back = Dataset::from_bytes("w", &bytes, &Limits::default()).unwrap();
         assert_eq!(back, ds.subset(&shard).unwrap());
         assert!(ds.shard_to_bytes(&Shard::new(vec![4])).is_err());
+    }
+
+    /// Found by the `shard_wire` fuzz target: a dataset of byte values with
+    /// a `-0.0` among them was byte-encoded and came back with `+0.0`.
+    #[test]
+    fn negative_zero_round_trips_bit_exactly() {
+        let ds = Dataset::new("z", vec![-0.0, 2.0, 0.0, 128.0], vec![0, 1], vec![2], 2).unwrap();
+        let bytes = ds.to_bytes();
+        assert_eq!(bytes[5], ENC_F32);
+        let back = Dataset::from_bytes("z", &bytes, &Limits::default()).unwrap();
+        let bits = |d: &Dataset| d.features().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&ds));
+        // Positive zeros still take one byte per value.
+        let ds = Dataset::new("z", vec![0.0, 2.0], vec![0], vec![2], 1).unwrap();
+        assert_eq!(ds.to_bytes()[5], ENC_U8);
     }
 
     #[test]

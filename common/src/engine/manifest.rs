@@ -206,6 +206,13 @@ impl Manifest {
                 ));
             }
             check_batch_shape(input)?;
+            // Checked here so that `per_sample_len` cannot overflow later.
+            if checked_numel(&input.shape[1..]).is_none() {
+                return Err(format!(
+                    "data input `{}` shape {:?} has more elements than fit in memory",
+                    input.name, input.shape
+                ));
+            }
             if input.per_sample_len() == 0 {
                 return Err(format!(
                     "data input `{}` has an empty sample shape",
@@ -244,7 +251,12 @@ impl Manifest {
                     p.name, p.shape
                 ));
             }
-            let product: usize = p.dims().iter().product();
+            let Some(product) = checked_numel(&p.shape) else {
+                return Err(format!(
+                    "parameter `{}` shape {:?} has more elements than fit in memory",
+                    p.name, p.shape
+                ));
+            };
             if product != p.numel {
                 return Err(format!(
                     "parameter `{}`: numel {} but shape {:?} holds {product}",
@@ -257,7 +269,13 @@ impl Manifest {
                     p.name, p.offset
                 ));
             }
-            expected_offset += p.numel;
+            // Checked, so that `range` and `parameter_count` cannot overflow.
+            expected_offset = expected_offset.checked_add(p.numel).ok_or_else(|| {
+                format!(
+                    "parameter `{}`: the parameters hold more elements than fit in memory",
+                    p.name
+                )
+            })?;
         }
         let grads = &self.train_outputs.gradients;
         if grads.len() != self.parameters.len() {
@@ -274,6 +292,13 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// The product of non-negative `dims`, or `None` if it overflows `usize`.
+fn checked_numel(dims: &[i64]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| {
+        usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+    })
 }
 
 fn check_batch_shape(spec: &TensorSpec) -> std::result::Result<(), String> {
@@ -349,6 +374,36 @@ mod tests {
             let err = parse(&v).unwrap_err().to_string();
             assert!(err.contains(needle), "expected `{needle}` in: {err}");
         }
+    }
+
+    /// Found by the `manifest` fuzz target: shapes whose element count
+    /// overflows `usize` panicked in debug builds (`attempt to multiply with
+    /// overflow`) and wrapped in release builds, where `[2^32, 2^32]` with
+    /// `numel: 0` passed the check.
+    #[test]
+    fn element_counts_that_overflow_are_rejected() {
+        let big = 1i64 << 32;
+        let mut v = sample();
+        v["inputs"][0]["shape"] = serde_json::json!([-1, big, big]);
+        let err = parse(&v).unwrap_err().to_string();
+        assert!(err.contains("more elements than fit"), "{err}");
+
+        let mut v = sample();
+        v["parameters"][0]["shape"] = serde_json::json!([big, big]);
+        v["parameters"][0]["numel"] = 0.into();
+        v["parameters"][1]["offset"] = 0.into();
+        let err = parse(&v).unwrap_err().to_string();
+        assert!(err.contains("more elements than fit"), "{err}");
+
+        // Each parameter fits, their sum does not.
+        let half = 1u64 << 63;
+        let mut v = sample();
+        v["parameters"] = serde_json::json!([
+            {"name": "w", "shape": [1i64 << 62, 2], "offset": 0, "numel": half},
+            {"name": "b", "shape": [1i64 << 62, 2], "offset": half, "numel": half}
+        ]);
+        let err = parse(&v).unwrap_err().to_string();
+        assert!(err.contains("more elements than fit"), "{err}");
     }
 
     #[test]

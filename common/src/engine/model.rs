@@ -258,13 +258,14 @@ fn run_graph<'s>(
 /// Reads the flat parameter file and checks its size.
 fn read_parameters(path: &Path, count: usize) -> Result<Vec<f32>> {
     let bytes = EngineError::read_artifact(path)?;
-    if bytes.len() != count * 4 {
+    // u128: a manifest may declare up to usize::MAX parameters.
+    if bytes.len() as u128 != count as u128 * 4 {
         return Err(EngineError::ManifestMismatch {
             path: path.to_path_buf(),
             reason: format!(
                 "holds {} bytes, the manifest's {count} parameters need {}",
                 bytes.len(),
-                count * 4
+                count as u128 * 4
             ),
         });
     }
