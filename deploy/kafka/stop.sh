@@ -2,10 +2,45 @@
 # Stops the broker started by start.sh (same KAFKA_STATE_DIR): SIGTERM for a
 # clean shutdown, SIGKILL after KAFKA_STOP_TIMEOUT seconds (default 60).
 # Idempotent: does nothing (exit 0) when no broker is running.
+#
+# Usage: stop.sh               the single broker
+#        stop.sh --cluster N   every broker of the N-broker cluster started by
+#                              start.sh --cluster N (same KAFKA_CLUSTER_DIR), all at once
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 
+usage="stop.sh [--cluster N]"
+cluster_size=""
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --cluster)
+            [ "$#" -ge 2 ] || die "--cluster needs the number of brokers (usage: $usage)"
+            cluster_size="$2"
+            shift
+            ;;
+        --cluster=*) cluster_size="${1#--cluster=}" ;;
+        -h | --help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (usage: $usage)" ;;
+    esac
+    shift
+done
+
 case "$KAFKA_STOP_TIMEOUT" in '' | *[!0-9]*) die "KAFKA_STOP_TIMEOUT must be whole seconds, got '$KAFKA_STOP_TIMEOUT'" ;; esac
+
+if [ -n "$cluster_size" ]; then
+    check_cluster_size "$cluster_size"
+    [ -d "$KAFKA_CLUSTER_DIR" ] || exit 0
+    exec 8>"$KAFKA_CLUSTER_DIR/cluster.lock"
+    flock -w $((KAFKA_START_TIMEOUT + KAFKA_STOP_TIMEOUT + 60)) 8 \
+        || die "timed out waiting for the lock $KAFKA_CLUSTER_DIR/cluster.lock (another start/stop of this cluster is running)"
+    cluster_dirs_setup "$cluster_size"
+    failed=0
+    run_on_nodes stop.sh "$cluster_size" || failed=$?
+    [ "$failed" = 0 ] || die "$failed of $cluster_size brokers could not be stopped (output above)"
+    echo "Kafka cluster of $cluster_size brokers stopped (state kept in $KAFKA_CLUSTER_DIR)"
+    exit 0
+fi
+
 [ -d "$KAFKA_STATE_DIR" ] || exit 0
 take_lock
 
