@@ -493,7 +493,11 @@ impl Master {
             &update.delta,
         ) {
             Err(reason) => {
-                self.reject(reason.label(), &d.sender, &reason.to_string());
+                let detail = format!(
+                    "update of round {} (incarnation {}, sequence {}, base version {}): {reason}",
+                    update.round, update.incarnation, d.sequence, update.base_version
+                );
+                self.reject(reason.label(), &d.sender, &detail);
                 if let Some(w) = self.workers.get_mut(&update.worker_id) {
                     w.stats.updates_rejected += 1;
                 }
@@ -503,7 +507,18 @@ impl Master {
                 };
                 self.policy.on_update_rejected(&ctx, &update.worker_id);
             }
-            Ok(_staleness) => {
+            Ok(staleness) => {
+                // One line per admitted update: with the rejections above,
+                // every update the master read is accounted for by round.
+                tracing::info!(
+                    worker = %update.worker_id,
+                    incarnation = update.incarnation,
+                    round = update.round,
+                    sequence = d.sequence,
+                    base_version = update.base_version,
+                    staleness,
+                    "update admitted"
+                );
                 let ctx = PolicyContext {
                     version: self.version,
                     active_workers: &ctx_workers,

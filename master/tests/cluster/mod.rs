@@ -175,10 +175,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster whose master config is conf/master.json changed by `edit`.
+    /// A cluster whose master config is conf/master.json changed by `edit`,
+    /// on the test broker ([`brokers`]).
     pub fn new(name: &str, edit: impl FnOnce(&mut Value)) -> Cluster {
         require_setup();
-        let brokers = brokers();
+        Self::on_brokers(name, brokers(), edit)
+    }
+
+    /// Like [`Cluster::new`], on the Kafka cluster at `brokers` (bootstrap list).
+    pub fn on_brokers(name: &str, brokers: String, edit: impl FnOnce(&mut Value)) -> Cluster {
+        require_setup();
         let run_id = format!("e2e-{name}-{}", std::process::id());
         let dir = tempfile::tempdir().expect("temp dir");
         let root = workspace();
