@@ -193,6 +193,14 @@ node_env() {
     fi
 }
 
+# Prints the pid of the broker of the state dir in KAFKA_STATE_DIR (after
+# node_env, in a subshell), nothing if none runs.
+find_node_pid() {
+    pid_file="$KAFKA_STATE_DIR/broker.pid"
+    props_file="$KAFKA_STATE_DIR/server.properties"
+    find_broker_pid
+}
+
 # Runs $1 (start.sh or stop.sh) with the remaining arguments for all $2
 # nodes at once, each with node_env, then prints each node's output prefixed with `node <i>: `. Returns the number
 # of nodes whose script failed (0: all succeeded).

@@ -54,8 +54,8 @@ if [ -n "$cluster_size" ]; then
     hosts=""
     for i in $(seq "$n"); do hosts="$hosts${hosts:+,}$KAFKA_HOST:${cluster_ports[i-1]}"; done
     if [ "$check_only" = 1 ]; then
-        run_on_nodes start.sh "$n" --check >/dev/null 2>&1
-        exit
+        run_on_nodes start.sh "$n" --check >/dev/null 2>&1 || exit 1
+        exit 0
     fi
     "$kafka_dir/fetch.sh"
     mkdir -p "$KAFKA_CLUSTER_DIR" || die "cannot create KAFKA_CLUSTER_DIR $KAFKA_CLUSTER_DIR"

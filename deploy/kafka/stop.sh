@@ -5,7 +5,12 @@
 #
 # Usage: stop.sh               the single broker
 #        stop.sh --cluster N   every broker of the N-broker cluster started by
-#                              start.sh --cluster N (same KAFKA_CLUSTER_DIR), all at once
+#                              start.sh --cluster N (same KAFKA_CLUSTER_DIR), one
+#                              after the other. A node needs a controller quorum
+#                              (a majority of the N) to finish its controlled
+#                              shutdown, so the nodes left without one (the last
+#                              of three) get SIGKILL after KAFKA_CLUSTER_LAST_STOP_TIMEOUT
+#                              seconds (default 5); their storage recovers on the next start.
 set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 
@@ -19,7 +24,7 @@ while [ "$#" -gt 0 ]; do
             shift
             ;;
         --cluster=*) cluster_size="${1#--cluster=}" ;;
-        -h | --help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (usage: $usage)" ;;
     esac
     shift
@@ -33,11 +38,35 @@ if [ -n "$cluster_size" ]; then
     exec 8>"$KAFKA_CLUSTER_DIR/cluster.lock"
     flock -w $((KAFKA_START_TIMEOUT + KAFKA_STOP_TIMEOUT + 60)) 8 \
         || die "timed out waiting for the lock $KAFKA_CLUSTER_DIR/cluster.lock (another start/stop of this cluster is running)"
-    cluster_dirs_setup "$cluster_size"
+    last_timeout="${KAFKA_CLUSTER_LAST_STOP_TIMEOUT:-5}"
+    case "$last_timeout" in '' | *[!0-9]*) die "KAFKA_CLUSTER_LAST_STOP_TIMEOUT must be whole seconds, got '$last_timeout'" ;; esac
+    n="$cluster_size"
+    cluster_dirs_setup "$n"
+    running=()
+    for i in $(seq "$n"); do
+        [ -z "$(node_env "$i" && find_node_pid)" ] || running+=("$i")
+    done
+    majority=$((n / 2 + 1))
+    out="$(mktemp -d)"
+    left="${#running[@]}"
     failed=0
-    run_on_nodes stop.sh "$cluster_size" || failed=$?
-    [ "$failed" = 0 ] || die "$failed of $cluster_size brokers could not be stopped (output above)"
-    echo "Kafka cluster of $cluster_size brokers stopped (state kept in $KAFKA_CLUSTER_DIR)"
+    for i in "${running[@]}"; do
+        timeout="$KAFKA_STOP_TIMEOUT"
+        if [ "$left" -lt "$majority" ]; then
+            timeout="$last_timeout"
+            echo "node $i: $left of $n brokers left, no controller quorum for a controlled shutdown: SIGKILL after ${timeout}s"
+        fi
+        rc=0
+        ( node_env "$i"; KAFKA_STOP_TIMEOUT="$timeout" exec bash "$kafka_dir/stop.sh" ) \
+            >"$out/$i.out" 2>"$out/$i.err" 8>&- || rc=$?
+        sed "s/^/node $i: /" "$out/$i.out"
+        sed "s/^/node $i: /" "$out/$i.err" >&2
+        [ "$rc" = 0 ] || failed=$((failed + 1))
+        left=$((left - 1))
+    done
+    rm -rf "$out"
+    [ "$failed" = 0 ] || die "$failed of $n brokers could not be stopped (output above)"
+    echo "Kafka cluster of $n brokers stopped (${#running[@]} were running; state kept in $KAFKA_CLUSTER_DIR)"
     exit 0
 fi
 
