@@ -71,6 +71,21 @@ if [ -n "$cluster_size" ]; then
     for i in $(seq "$n"); do voters="$voters${voters:+,}$i@$KAFKA_HOST:${cluster_cports[i-1]}"; done
     export KAFKA_CLUSTER_ID="$(tr -d '[:space:]' <"$id_file")" KAFKA_CLUSTER_VOTERS="$voters" \
         KAFKA_CLUSTER_SIZE="$n" KAFKA_START_TIMEOUT="$KAFKA_START_TIMEOUT"
+    # Refuse before starting anything when a port of a node that is not
+    # running is taken (a partial cluster would be left behind otherwise).
+    for i in $(seq "$n"); do
+        [ -z "$(node_env "$i" && find_node_pid)" ] || continue
+        for port in "${cluster_ports[i-1]}" "${cluster_cports[i-1]}"; do
+            if port_open "$KAFKA_HOST" "$port"; then
+                if kafka_answers "$KAFKA_HOST" "$port"; then
+                    what="a Kafka broker that is not node $i of this cluster"
+                else
+                    what="another process"
+                fi
+                die "node $i: $KAFKA_HOST:$port is already in use by $what; stop it or pick other ports with KAFKA_CLUSTER_PORTS / KAFKA_CLUSTER_CONTROLLER_PORTS (nothing was started)"
+            fi
+        done
+    done
     failed=0
     run_on_nodes start.sh "$n" --cluster-node || failed=$?
     [ "$failed" = 0 ] || die "$failed of $n brokers did not start (their output above; logs: $KAFKA_CLUSTER_DIR/node-*/broker.log); stop the cluster with deploy/kafka/stop.sh --cluster $n"
