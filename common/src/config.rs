@@ -200,8 +200,10 @@ pub struct KafkaConfig {
     /// Partitions of the updates topic (records are keyed by sender, so one
     /// sender's records stay in order).
     pub update_partitions: i32,
-    /// Replication factor of the topics this run creates.
-    pub replication_factor: i32,
+    /// Replication factor of the topics this run creates: `"auto"` (or
+    /// `null`, the default) for min(3, brokers in the cluster), or a number.
+    /// Topics with 3 or more replicas get `min.insync.replicas` 2, others 1.
+    pub replication_factor: ReplicationFactor,
     /// Largest reassembled payload accepted (bytes).
     pub max_payload_bytes: u64,
     /// Most bytes held by unfinished chunked transfers at once.
@@ -228,7 +230,7 @@ impl Default for KafkaConfig {
             chunk_bytes: 512 * 1024,
             compression: "lz4".into(),
             update_partitions: 3,
-            replication_factor: 1,
+            replication_factor: ReplicationFactor::Auto,
             max_payload_bytes: 512 * 1024 * 1024,
             max_buffered_bytes: 1024 * 1024 * 1024,
             reassembly_timeout_secs: 120,
@@ -237,6 +239,121 @@ impl Default for KafkaConfig {
             security: KafkaSecurity::default(),
             extra: BTreeMap::new(),
         }
+    }
+}
+
+/// How many copies of each partition the topics of a run get
+/// (`kafka.replication_factor`).
+///
+/// In JSON: `"auto"` or `null` for [`ReplicationFactor::Auto`], a positive
+/// integer for [`ReplicationFactor::Fixed`]. The environment override
+/// `HERMES_KAFKA__REPLICATION_FACTOR` takes the same values (`auto`, `3`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplicationFactor {
+    /// min(3, the number of brokers in the cluster's metadata when the topics
+    /// are created): 1 on a single broker, 3 on a cluster of three or more.
+    #[default]
+    Auto,
+    /// Exactly this many replicas (1 ..= 32767); creating a topic fails when
+    /// the cluster has fewer brokers.
+    Fixed(i16),
+}
+
+impl ReplicationFactor {
+    /// The factor topics are created with on a cluster of `brokers` brokers.
+    pub fn resolve(self, brokers: usize) -> i32 {
+        match self {
+            Self::Auto => brokers.clamp(1, 3) as i32,
+            Self::Fixed(n) => i32::from(n),
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicationFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for ReplicationFactor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Fixed(n) => s.serialize_i16(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplicationFactor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ReplicationFactorVisitor)
+    }
+}
+
+/// What a `replication_factor` value may be, for error messages.
+const REPLICATION_EXPECTED: &str = "\"auto\", null or a replication factor from 1 to 32767";
+
+/// Reads `"auto"`, `null`, a number or a numeric string (an environment override).
+struct ReplicationFactorVisitor;
+
+impl ReplicationFactorVisitor {
+    fn number<E: serde::de::Error>(v: i128) -> Result<ReplicationFactor, E> {
+        match i16::try_from(v) {
+            Ok(n) if n >= 1 => Ok(ReplicationFactor::Fixed(n)),
+            _ => Err(E::custom(format!(
+                "replication factor {v} is out of range: expected {REPLICATION_EXPECTED}"
+            ))),
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReplicationFactorVisitor {
+    type Value = ReplicationFactor;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REPLICATION_EXPECTED)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Self::number(i128::from(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Self::number(i128::from(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        if v.fract() == 0.0 && v.abs() < 1e6 {
+            Self::number(v as i128)
+        } else {
+            Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let t = v.trim();
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(ReplicationFactor::Auto);
+        }
+        match t.parse::<i128>() {
+            Ok(n) => Self::number(n),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+        }
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(ReplicationFactor::Auto)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(ReplicationFactor::Auto)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
@@ -353,6 +470,50 @@ mod tests {
             .to_string();
         assert!(msg.contains("field `kafka.brokerz`"), "{msg}");
         assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn replication_factor_is_auto_or_a_positive_number() {
+        let load = |text: &str, env_pairs: &[(&str, &str)]| {
+            load_with_env::<Sample, _>(write(text).path(), env(env_pairs))
+                .map(|s| s.kafka.replication_factor)
+        };
+        assert_eq!(
+            KafkaConfig::default().replication_factor,
+            ReplicationFactor::Auto
+        );
+        assert_eq!(load("{}", &[]).expect("loads"), ReplicationFactor::Auto);
+        for (json, want) in [
+            (r#""auto""#, ReplicationFactor::Auto),
+            ("null", ReplicationFactor::Auto),
+            ("1", ReplicationFactor::Fixed(1)),
+            ("3", ReplicationFactor::Fixed(3)),
+        ] {
+            let text = format!(r#"{{"kafka": {{"replication_factor": {json}}}}}"#);
+            assert_eq!(load(&text, &[]).expect(json), want, "{json}");
+        }
+        let file = r#"{"kafka": {"replication_factor": 1}}"#;
+        let over = |v| load(file, &[("HERMES_KAFKA__REPLICATION_FACTOR", v)]).expect(v);
+        assert_eq!(over("auto"), ReplicationFactor::Auto);
+        assert_eq!(over("3"), ReplicationFactor::Fixed(3));
+        for bad in ["0", "-1", "40000", r#""three""#, "2.5", "true"] {
+            let text = format!(r#"{{"kafka": {{"replication_factor": {bad}}}}}"#);
+            let msg = load(&text, &[]).expect_err(bad).to_string();
+            assert!(
+                msg.contains("field `kafka.replication_factor`"),
+                "{bad}: {msg}"
+            );
+            assert!(msg.contains("\"auto\""), "{bad}: {msg}");
+        }
+        // Written back as it is read.
+        let json = |f: ReplicationFactor| serde_json::to_string(&f).expect("json");
+        assert_eq!(json(ReplicationFactor::Auto), r#""auto""#);
+        assert_eq!(json(ReplicationFactor::Fixed(3)), "3");
+        assert_eq!(ReplicationFactor::Auto.resolve(1), 1);
+        assert_eq!(ReplicationFactor::Auto.resolve(2), 2);
+        assert_eq!(ReplicationFactor::Auto.resolve(5), 3);
+        assert_eq!(ReplicationFactor::Auto.resolve(0), 1);
+        assert_eq!(ReplicationFactor::Fixed(2).resolve(5), 2);
     }
 
     #[test]

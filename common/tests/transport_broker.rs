@@ -241,3 +241,75 @@ async fn unreachable_broker_is_a_clear_error() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_auto_fits_the_cluster_and_too_many_replicas_are_named() {
+    use common::config::ReplicationFactor;
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let cfg = support::kafka_config();
+    assert_eq!(cfg.replication_factor, ReplicationFactor::Auto);
+    let run = support::unique_run("replication");
+    let tx = Transport::connect_with_key(&cfg, &run, "creator", None)
+        .await
+        .expect("connect");
+    tx.create_run_topics().await.expect("topics");
+
+    let meta: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()
+        .expect("metadata client");
+    let md = meta
+        .fetch_metadata(Some(&tx.topics().updates()), Duration::from_secs(10))
+        .expect("metadata");
+    let brokers = md.brokers().len();
+    let want = brokers.clamp(1, 3);
+    let updates = &md.topics()[0];
+    assert_eq!(updates.partitions().len(), cfg.update_partitions as usize);
+    for p in updates.partitions() {
+        assert_eq!(p.replicas().len(), want, "partition {}", p.id());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .create()
+        .expect("admin");
+    let name = tx.topics().updates();
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&name)], &AdminOptions::new())
+        .await
+        .expect("describe");
+    let min_isr = described[0]
+        .as_ref()
+        .expect("config")
+        .get("min.insync.replicas")
+        .and_then(|e| e.value.clone());
+    let expected = if want >= 3 { "2" } else { "1" };
+    assert_eq!(min_isr.as_deref(), Some(expected));
+
+    // More replicas than brokers: an error that says what to change.
+    let too_many = i16::try_from(brokers + 1).expect("broker count");
+    let fixed = common::config::KafkaConfig {
+        replication_factor: ReplicationFactor::Fixed(too_many),
+        ..cfg.clone()
+    };
+    let tx = Transport::connect_with_key(&fixed, &run, "creator2", None)
+        .await
+        .expect("connect");
+    let spec = tx.topic_spec(format!("{name}-too-many"), 1);
+    let msg = tx
+        .create_topics(&[spec])
+        .await
+        .expect_err("cannot have more replicas than brokers")
+        .to_string();
+    assert!(
+        msg.contains(&format!("kafka.replication_factor = {too_many}"))
+            && msg.contains(&format!("the cluster has {brokers} broker(s)"))
+            && msg.contains("\"auto\""),
+        "{msg}"
+    );
+    tx.delete_topics(&tx.topics().run_topics())
+        .await
+        .expect("clean up");
+}

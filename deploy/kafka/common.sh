@@ -89,6 +89,16 @@ find_broker_pid() {
     return 0
 }
 
+# Prints a new Kafka cluster id: 16 random bytes in URL-safe base64 without
+# padding, not starting with '-' (the tools would read it as an option).
+new_cluster_id() {
+    local id=""
+    while [ -z "$id" ] || [ "${id#-}" != "$id" ]; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    done
+    echo "$id"
+}
+
 # True when something accepts TCP connections on $1:$2.
 port_open() {
     timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
@@ -107,4 +117,109 @@ kafka_answers() {
     reply="$(echo $reply)"
     # bytes 0-3: response size; 4-7: correlation id 1; 8-9: error code 0
     [ "$(echo "$reply" | cut -d' ' -f5-10)" = "00 00 00 01 00 00" ]
+}
+
+# --- Cluster mode: start.sh / stop.sh --cluster N ---------------------------
+# N combined broker+controller nodes on KAFKA_HOST, one JVM and one state dir
+# each (node-1 .. node-N under KAFKA_CLUSTER_DIR), one KRaft quorum of all N.
+# Env (all optional; KAFKA_STATE_DIR, KAFKA_DATA_DIR, KAFKA_CONTROLLER_PORT and
+# KAFKA_EXTERNAL_* are not used in cluster mode):
+#   KAFKA_CLUSTER_DIR      parent of node-1..node-N and cluster.id  default <repo>/.cache/kafka-cluster
+#   KAFKA_CLUSTER_PORTS    client ports, comma separated, one per node
+#                          default KAFKA_PORT, KAFKA_PORT+1, ... (9092,9093,9094)
+#   KAFKA_CLUSTER_CONTROLLER_PORTS  KRaft controller ports, one per node
+#                          default each client port + 100 (9192,9193,9194)
+# KAFKA_START_TIMEOUT defaults to 120 s there (three JVMs start at once).
+
+KAFKA_CLUSTER_DIR="${KAFKA_CLUSTER_DIR:-$repo_root/.cache/kafka-cluster}"
+cluster_dirs=()
+cluster_ports=()
+cluster_cports=()
+
+# Checks that $1 (the argument of --cluster) is a node count in 2..9.
+check_cluster_size() {
+    case "$1" in
+        [2-9]) ;;
+        *) die "--cluster needs the number of brokers, 2 to 9 (e.g. --cluster 3), got '$1'" ;;
+    esac
+}
+
+# Sets cluster_dirs (node i's state dir at index i-1) for $1 nodes.
+cluster_dirs_setup() {
+    local i
+    cluster_dirs=()
+    for i in $(seq "$1"); do
+        cluster_dirs+=("$KAFKA_CLUSTER_DIR/node-$i")
+    done
+}
+
+# Sets cluster_ports and cluster_cports (client and controller port of node i
+# at index i-1) for $1 nodes from the settings above, and validates them: one
+# per node, numbers, all 2N distinct.
+cluster_ports_setup() {
+    local n="$1" i p
+    check_port_value KAFKA_PORT "$KAFKA_PORT"
+    if [ -n "${KAFKA_CLUSTER_PORTS:-}" ]; then
+        IFS=', ' read -r -a cluster_ports <<<"$KAFKA_CLUSTER_PORTS"
+    else
+        cluster_ports=()
+        for i in $(seq 0 $((n - 1))); do cluster_ports+=($((KAFKA_PORT + i))); done
+    fi
+    [ "${#cluster_ports[@]}" = "$n" ] \
+        || die "KAFKA_CLUSTER_PORTS must list $n client ports (one per broker), got '${KAFKA_CLUSTER_PORTS:-}'"
+    for p in "${cluster_ports[@]}"; do check_port_value "a port of KAFKA_CLUSTER_PORTS" "$p"; done
+    if [ -n "${KAFKA_CLUSTER_CONTROLLER_PORTS:-}" ]; then
+        IFS=', ' read -r -a cluster_cports <<<"$KAFKA_CLUSTER_CONTROLLER_PORTS"
+    else
+        cluster_cports=()
+        for p in "${cluster_ports[@]}"; do cluster_cports+=($((p + 100))); done
+    fi
+    [ "${#cluster_cports[@]}" = "$n" ] \
+        || die "KAFKA_CLUSTER_CONTROLLER_PORTS must list $n controller ports (one per broker), got '${KAFKA_CLUSTER_CONTROLLER_PORTS:-}'"
+    for p in "${cluster_cports[@]}"; do check_port_value "a port of KAFKA_CLUSTER_CONTROLLER_PORTS" "$p"; done
+    local dup
+    dup="$(printf '%s\n' "${cluster_ports[@]}" "${cluster_cports[@]}" | sort | uniq -d | head -n1)"
+    [ -z "$dup" ] || die "port $dup is given twice (client ports ${cluster_ports[*]}, controller ports ${cluster_cports[*]}); every broker needs its own two ports"
+}
+
+# Exports node $1's settings (state dir, data dir, node id, and its ports
+# once cluster_ports_setup ran) for a start.sh / stop.sh run on that node.
+node_env() {
+    local i="$1"
+    export KAFKA_STATE_DIR="${cluster_dirs[i-1]}" KAFKA_DATA_DIR="${cluster_dirs[i-1]}/data"
+    export KAFKA_NODE_ID="$i"
+    if [ "${#cluster_ports[@]}" -gt 0 ]; then
+        export KAFKA_PORT="${cluster_ports[i-1]}" KAFKA_CONTROLLER_PORT="${cluster_cports[i-1]}"
+    fi
+}
+
+# Prints the pid of the broker of the state dir in KAFKA_STATE_DIR (after
+# node_env, in a subshell), nothing if none runs.
+find_node_pid() {
+    pid_file="$KAFKA_STATE_DIR/broker.pid"
+    props_file="$KAFKA_STATE_DIR/server.properties"
+    find_broker_pid
+}
+
+# Runs $1 (start.sh or stop.sh) with the remaining arguments for all $2
+# nodes at once, each with node_env, then prints each node's output prefixed with `node <i>: `. Returns the number
+# of nodes whose script failed (0: all succeeded).
+run_on_nodes() {
+    local script="$1" n="$2" i failed=0 out
+    shift 2
+    out="$(mktemp -d)"
+    local pids=()
+    for i in $(seq "$n"); do
+        # fd 8 (the cluster lock) must not leak into the brokers.
+        ( node_env "$i"; exec bash "$kafka_dir/$script" "$@" ) \
+            >"$out/$i.out" 2>"$out/$i.err" 8>&- &
+        pids+=($!)
+    done
+    for i in $(seq "$n"); do
+        wait "${pids[i-1]}" || failed=$((failed + 1))
+        sed "s/^/node $i: /" "$out/$i.out"
+        sed "s/^/node $i: /" "$out/$i.err" >&2
+    done
+    rm -rf "$out"
+    return "$failed"
 }

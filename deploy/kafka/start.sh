@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a single-node Apache Kafka 4.x broker in KRaft mode (broker and
-# controller in one JVM) on loopback, for tests, benchmarks and the demo.
+# controller in one JVM) on loopback, for tests, benchmarks and the demo; or,
+# with --cluster N, N such nodes forming one KRaft cluster (one quorum of all N).
 #
 # Idempotent: if this state dir's broker is already running and answering, it
 # says so and exits 0. On first start it formats the storage. It returns once
@@ -10,17 +11,87 @@
 # Usage: start.sh           start (or reuse) the broker
 #        start.sh --check   exit 0 if this state dir's broker runs and answers,
 #                           1 otherwise; starts nothing
+#        start.sh --cluster N [--check]
+#                           the same for an N-broker cluster (2..9; nodes under
+#                           KAFKA_CLUSTER_DIR, client ports KAFKA_CLUSTER_PORTS,
+#                           default KAFKA_PORT, +1, ...): starts the nodes that do
+#                           not run, returns once every broker answers
 set -euo pipefail
+start_timeout_given="${KAFKA_START_TIMEOUT:-}"
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/common.sh"
 
+usage="start.sh [--cluster N] [--check]"
 check_only=0
-case "${1-}" in
-    "") ;;
-    --check) check_only=1 ;;
-    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument '$1' (usage: start.sh [--check])" ;;
-esac
-[ "$#" -le 1 ] || die "too many arguments (usage: start.sh [--check])"
+cluster_size=""
+# --cluster-node (internal): start one node of a cluster; start.sh --cluster
+# runs it per node with that node's settings in the environment.
+cluster_node=0
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --check) check_only=1 ;;
+        --cluster)
+            [ "$#" -ge 2 ] || die "--cluster needs the number of brokers (usage: $usage)"
+            cluster_size="$2"
+            shift
+            ;;
+        --cluster=*) cluster_size="${1#--cluster=}" ;;
+        --cluster-node) cluster_node=1 ;;
+        -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (usage: $usage)" ;;
+    esac
+    shift
+done
+
+if [ -n "$cluster_size" ]; then
+    check_cluster_size "$cluster_size"
+    n="$cluster_size"
+    KAFKA_START_TIMEOUT="${start_timeout_given:-120}"
+    case "$KAFKA_START_TIMEOUT" in '' | *[!0-9]*) die "KAFKA_START_TIMEOUT must be whole seconds, got '$KAFKA_START_TIMEOUT'" ;; esac
+    cluster_dirs_setup "$n"
+    cluster_ports_setup "$n"
+    [ -z "$KAFKA_EXTERNAL_LISTENER" ] \
+        || die "KAFKA_EXTERNAL_LISTENER is not supported with --cluster (each broker would need its own external port)"
+    hosts=""
+    for i in $(seq "$n"); do hosts="$hosts${hosts:+,}$KAFKA_HOST:${cluster_ports[i-1]}"; done
+    if [ "$check_only" = 1 ]; then
+        run_on_nodes start.sh "$n" --check >/dev/null 2>&1 || exit 1
+        exit 0
+    fi
+    "$kafka_dir/fetch.sh"
+    mkdir -p "$KAFKA_CLUSTER_DIR" || die "cannot create KAFKA_CLUSTER_DIR $KAFKA_CLUSTER_DIR"
+    exec 8>"$KAFKA_CLUSTER_DIR/cluster.lock"
+    flock -w $((KAFKA_START_TIMEOUT + KAFKA_STOP_TIMEOUT + 60)) 8 \
+        || die "timed out waiting for the lock $KAFKA_CLUSTER_DIR/cluster.lock (another start/stop of this cluster is running)"
+    # All nodes are formatted with the one cluster id kept here.
+    id_file="$KAFKA_CLUSTER_DIR/cluster.id"
+    if [ ! -s "$id_file" ]; then
+        new_cluster_id >"$id_file.tmp" && mv -f "$id_file.tmp" "$id_file"
+    fi
+    voters=""
+    for i in $(seq "$n"); do voters="$voters${voters:+,}$i@$KAFKA_HOST:${cluster_cports[i-1]}"; done
+    export KAFKA_CLUSTER_ID="$(tr -d '[:space:]' <"$id_file")" KAFKA_CLUSTER_VOTERS="$voters" \
+        KAFKA_CLUSTER_SIZE="$n" KAFKA_START_TIMEOUT="$KAFKA_START_TIMEOUT"
+    # Refuse before starting anything when a port of a node that is not
+    # running is taken (a partial cluster would be left behind otherwise).
+    for i in $(seq "$n"); do
+        [ -z "$(node_env "$i" && find_node_pid)" ] || continue
+        for port in "${cluster_ports[i-1]}" "${cluster_cports[i-1]}"; do
+            if port_open "$KAFKA_HOST" "$port"; then
+                if kafka_answers "$KAFKA_HOST" "$port"; then
+                    what="a Kafka broker that is not node $i of this cluster"
+                else
+                    what="another process"
+                fi
+                die "node $i: $KAFKA_HOST:$port is already in use by $what; stop it or pick other ports with KAFKA_CLUSTER_PORTS / KAFKA_CLUSTER_CONTROLLER_PORTS (nothing was started)"
+            fi
+        done
+    done
+    failed=0
+    run_on_nodes start.sh "$n" --cluster-node || failed=$?
+    [ "$failed" = 0 ] || die "$failed of $n brokers did not start (their output above; logs: $KAFKA_CLUSTER_DIR/node-*/broker.log); stop the cluster with deploy/kafka/stop.sh --cluster $n"
+    echo "Kafka cluster of $n brokers running on $hosts (state: $KAFKA_CLUSTER_DIR)"
+    exit 0
+fi
 
 check_port_value KAFKA_PORT "$KAFKA_PORT"
 check_port_value KAFKA_CONTROLLER_PORT "$KAFKA_CONTROLLER_PORT"
@@ -34,7 +105,20 @@ if [ "$check_only" = 1 ]; then
     exit
 fi
 
-"$kafka_dir/fetch.sh"
+# How this broker is named in messages, and how it is stopped and re-ported.
+what_broker="the broker"
+stop_cmd="deploy/kafka/stop.sh"
+port_vars="KAFKA_PORT / KAFKA_CONTROLLER_PORT"
+if [ "$cluster_node" = 1 ]; then
+    for var in KAFKA_NODE_ID KAFKA_CLUSTER_VOTERS KAFKA_CLUSTER_ID KAFKA_CLUSTER_SIZE; do
+        [ -n "${!var:-}" ] || die "--cluster-node is internal to start.sh --cluster N ($var is not set)"
+    done
+    what_broker="broker $KAFKA_NODE_ID"
+    stop_cmd="deploy/kafka/stop.sh --cluster $KAFKA_CLUSTER_SIZE"
+    port_vars="KAFKA_CLUSTER_PORTS / KAFKA_CLUSTER_CONTROLLER_PORTS"
+else
+    "$kafka_dir/fetch.sh"
+fi
 take_lock
 
 # Waits until pid $1 answers on the client port. Returns 1 if the process
@@ -49,14 +133,14 @@ wait_ready() {
         sleep 0.2
     done
     tail -n 40 "$log_file" >&2 || true
-    die "the broker (pid $pid) did not answer on $KAFKA_HOST:$KAFKA_PORT within ${KAFKA_START_TIMEOUT}s (log above, full log: $log_file); stop it with deploy/kafka/stop.sh"
+    die "$what_broker (pid $pid) did not answer on $KAFKA_HOST:$KAFKA_PORT within ${KAFKA_START_TIMEOUT}s (log above, full log: $log_file); stop it with $stop_cmd"
 }
 
 # Dies with the log tail after the broker exited during startup.
 die_exited() {
     rm -f "$pid_file"
     tail -n 40 "$log_file" >&2 || true
-    die "the broker exited during startup (log above, full log: $log_file)"
+    die "$what_broker exited during startup (log above, full log: $log_file)"
 }
 
 running="$(find_broker_pid)"
@@ -75,7 +159,7 @@ for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
         else
             what="another process"
         fi
-        die "$KAFKA_HOST:$port is already in use by $what; stop it or pick other ports with KAFKA_PORT / KAFKA_CONTROLLER_PORT"
+        die "$KAFKA_HOST:$port is already in use by $what; stop it or pick other ports with $port_vars"
     fi
 done
 
@@ -96,12 +180,29 @@ fi
 
 mkdir -p "$KAFKA_DATA_DIR" || die "cannot create KAFKA_DATA_DIR $KAFKA_DATA_DIR"
 
+node_id=1
+voters="1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT"
+replicas=1
+min_isr=1
+replication_note="Single node: every internal topic has one replica."
+node_label=""
+if [ "$cluster_node" = 1 ]; then
+    node_id="$KAFKA_NODE_ID"
+    voters="$KAFKA_CLUSTER_VOTERS"
+    # Up to 3 replicas per partition; with 3, a write needs 2 in-sync copies,
+    # so one broker may fail without losing acknowledged records or availability.
+    replicas=$((KAFKA_CLUSTER_SIZE < 3 ? KAFKA_CLUSTER_SIZE : 3))
+    min_isr=$((replicas >= 3 ? 2 : 1))
+    node_label=" $node_id"
+    replication_note="Node $node_id of a $KAFKA_CLUSTER_SIZE-broker cluster: $replicas replicas, $min_isr in sync for a write."
+fi
+
 # The config is regenerated on every start so port/dir changes take effect.
 cat >"$props_file" <<PROPS
 # Generated by deploy/kafka/start.sh; edits are overwritten on the next start.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
+node.id=$node_id
+controller.quorum.voters=$voters
 listeners=$listeners
 advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
@@ -109,17 +210,17 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=$protocols
 log.dirs=$KAFKA_DATA_DIR
 
-# Single node: every internal topic has one replica.
+# $replication_note
 num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
+default.replication.factor=$replicas
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$replicas
 offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$replicas
+transaction.state.log.min.isr=$min_isr
 transaction.state.log.num.partitions=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor=$replicas
+share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 
 # Topics are created explicitly through the admin API.
@@ -137,12 +238,21 @@ fi
 
 log4j_opt="-Dlog4j2.configurationFile=$kafka_dir/log4j2.properties"
 
+if [ "$cluster_node" = 1 ] && [ -f "$KAFKA_DATA_DIR/meta.properties" ]; then
+    # A node's storage must belong to this cluster and this node id.
+    formatted_id="$(sed -n 's/^cluster.id=//p' "$KAFKA_DATA_DIR/meta.properties")"
+    formatted_node="$(sed -n 's/^node.id=//p' "$KAFKA_DATA_DIR/meta.properties")"
+    [ "$formatted_id" = "$KAFKA_CLUSTER_ID" ] \
+        || die "$KAFKA_DATA_DIR was formatted for Kafka cluster '$formatted_id', not this cluster's '$KAFKA_CLUSTER_ID' ($KAFKA_CLUSTER_DIR/cluster.id); stop the cluster and remove $KAFKA_CLUSTER_DIR to start over"
+    [ "$formatted_node" = "$node_id" ] \
+        || die "$KAFKA_DATA_DIR was formatted for node $formatted_node, not node $node_id; stop the cluster and remove $KAFKA_CLUSTER_DIR to start over"
+fi
 if [ ! -f "$KAFKA_DATA_DIR/meta.properties" ]; then
-    # Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
-    cluster_id=""
-    while [ -z "$cluster_id" ] || [ "${cluster_id#-}" != "$cluster_id" ]; do
-        cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
-    done
+    if [ "$cluster_node" = 1 ]; then
+        cluster_id="$KAFKA_CLUSTER_ID"
+    else
+        cluster_id="$(new_cluster_id)"
+    fi
     if ! java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "$log4j_opt" \
             -cp "$kafka_dir/lib/*" kafka.tools.StorageTool format \
             -t "$cluster_id" -c "$props_file" >>"$log_file" 2>&1 9>&-; then
@@ -155,7 +265,7 @@ fi
 # and prints its pid.
 launch() {
     rm -f "$pid_file" "$cds_tmp"
-    echo "==== $(date -u +%FT%TZ) starting broker on $KAFKA_HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT), $1" >>"$log_file"
+    echo "==== $(date -u +%FT%TZ) starting broker$node_label on $KAFKA_HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT), $1" >>"$log_file"
     # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS holds several flags
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pid_file" \
         java $KAFKA_HEAP_OPTS "$1" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \

@@ -663,13 +663,28 @@ impl Coordinator {
             &update.delta,
         ) {
             Err(reason) => {
-                self.reject(reason.label(), sender, &reason.to_string());
+                let detail = format!(
+                    "update of round {} (incarnation {}, sequence {sequence}, base version {}): {reason}",
+                    update.round, update.incarnation, update.base_version
+                );
+                self.reject(reason.label(), sender, &detail);
                 if let Some(w) = self.workers.get_mut(&update.worker_id) {
                     w.stats.updates_rejected += 1;
                 }
                 self.policy.on_update_rejected(&ctx, &update.worker_id);
             }
-            Ok(_staleness) => {
+            Ok(staleness) => {
+                // One line per admitted update: with the rejections above,
+                // every update the master read is accounted for by round.
+                tracing::info!(
+                    worker = %update.worker_id,
+                    incarnation = update.incarnation,
+                    round = update.round,
+                    sequence,
+                    base_version = update.base_version,
+                    staleness,
+                    "update admitted"
+                );
                 self.policy.on_update(
                     &ctx,
                     AcceptedUpdate {

@@ -2,7 +2,10 @@
 
 The parser validates the file against the compose schema; the tests then read
 the configuration as the parser resolved it and check the Kafka service: KRaft
-mode, one listener for the host and one for other containers, a data volume.
+mode, one listener for the host and one for other containers, a data volume;
+the 3-broker cluster of profile "kafka-cluster" (one KRaft quorum of three,
+three replicas, two in sync); and the master and worker services, which must be
+able to write their data folder.
 """
 
 import base64
@@ -34,6 +37,16 @@ def kafka():
 def test_parser_accepts_the_file():
     compose(["config", "-q"])
     compose(["--profile", "cluster", "config", "-q"])
+    compose(["--profile", "kafka-cluster", "config", "-q"])
+    compose(["--profile", "kafka-cluster", "--profile", "cluster", "config", "-q"])
+
+
+CLUSTER_NODES = ("kafka-1", "kafka-2", "kafka-3")
+
+
+def hermes_services(services: dict) -> dict:
+    """The master and worker services (built from deploy/Dockerfile)."""
+    return {name: s for name, s in services.items() if "build" in s}
 
 
 @pytest.mark.parametrize(
@@ -131,8 +144,8 @@ def test_data_lives_in_a_named_volume(kafka):
 def test_cluster_profile_services():
     plain = resolved_config()["services"]
     with_cluster = resolved_config(profiles=["cluster"])["services"]
-    hermes = {name: s for name, s in with_cluster.items() if name != "kafka"}
-    assert {"master", "worker-1", "worker-2"} <= set(hermes)
+    hermes = hermes_services(with_cluster)
+    assert set(hermes) == {"master", "worker-1", "worker-2"}
     for name, service in hermes.items():
         assert service["profiles"] == ["cluster"], name
         assert plain[name]["profiles"] == ["cluster"], name
@@ -142,3 +155,133 @@ def test_cluster_profile_services():
         assert dockerfile.is_file(), f"{name}: {dockerfile} is missing"
     ids = [hermes[w]["environment"]["HERMES_WORKER_ID"] for w in ("worker-1", "worker-2")]
     assert len(set(ids)) == 2
+
+
+def mounts(service: dict) -> list:
+    """(source, target, mode) of each volume entry as the parser wrote it."""
+    result = []
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):
+            mode = "ro" if entry.get("read_only") else "rw"
+            result.append((entry.get("source", ""), entry["target"], mode))
+            continue
+        parts = entry.split(":")
+        mode = parts[2] if len(parts) > 2 else "rw"
+        result.append((parts[0], parts[1], mode))
+    return result
+
+
+def test_no_data_mount_is_read_only_and_the_image_user_may_write():
+    services = resolved_config(profiles=["cluster", "kafka-cluster"])["services"]
+    data_mounts = 0
+    for name, service in services.items():
+        for source, target, mode in mounts(service):
+            if "data" in source.split("/")[-1] or "/data" in target:
+                data_mounts += 1
+                assert "ro" not in mode.split(","), f"{name}: {source}:{target} is read-only"
+    assert data_mounts >= 3 + 4, "master, workers and every broker mount a data folder"
+
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    uid = re.search(r"useradd[^\n]*--uid (\d+)", dockerfile)
+    gid = re.search(r"groupadd[^\n]*--gid (\d+)", dockerfile)
+    assert uid and gid, "the Dockerfile must create its user with a fixed uid and gid"
+    assert re.search(r"chown hermes:hermes /app/data", dockerfile), "/app/data must belong to hermes"
+    for name, service in hermes_services(services).items():
+        targets = {t: (src, mode) for src, t, mode in mounts(service)}
+        source, _ = targets["/app/data"]
+        assert source == str(REPO / "data"), f"{name}: /app/data comes from {source}"
+        # By default the processes run as the image's user, which owns /app/data.
+        assert service["user"] == f"{uid.group(1)}:{gid.group(1)}", name
+
+
+def test_data_owner_can_be_set_to_the_host_user():
+    env = dict(os.environ, HERMES_UID="1234", HERMES_GID="5678")
+    services = resolved_config(profiles=["cluster"], env=env)["services"]
+    for name, service in hermes_services(services).items():
+        assert service["user"] == "1234:5678", name
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster():
+    services = resolved_config(profiles=["kafka-cluster"])["services"]
+    return {name: services[name] for name in CLUSTER_NODES}
+
+
+def test_kafka_cluster_profile_is_one_kraft_quorum_of_three(kafka_cluster):
+    config = resolved_config()
+    plain = config["services"]
+    node_ids = set()
+    voters_seen = set()
+    for name, node in kafka_cluster.items():
+        assert node["profiles"] == ["kafka-cluster"], name
+        assert plain[name]["profiles"] == ["kafka-cluster"], name
+        assert node["image"] == plain["kafka"]["image"], f"{name}: same Kafka as the single broker"
+        assert node["hostname"] == name
+        env = node["environment"]
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, name
+        assert "KAFKA_ZOOKEEPER_CONNECT" not in env
+        node_ids.add(int(env["KAFKA_NODE_ID"]))
+        voters = {}
+        for voter in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","):
+            node_id, address = voter.split("@")
+            host, port = address.split(":")
+            voters[int(node_id)] = (host, int(port))
+        voters_seen.add(tuple(sorted(voters.items())))
+        # This node is a voter, at its own controller listener.
+        controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+        assert voters[int(env["KAFKA_NODE_ID"])] == (name, listeners(env["KAFKA_LISTENERS"])[controller][1])
+        # Replicated: 3 copies of everything, 2 in sync for a write.
+        assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3, name
+        assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2, name
+        for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                    "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                    "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR"):
+            assert int(env[key]) == 3, f"{name}: {key}"
+        for key in ("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR"):
+            assert int(env[key]) == 2, f"{name}: {key}"
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        # Its storage is its own named volume.
+        ((source, _, _),) = [m for m in mounts(node) if m[1] == env["KAFKA_LOG_DIRS"]]
+        assert source in config["volumes"], f"{name}: {source} is not a named volume"
+    assert node_ids == {1, 2, 3}
+    assert len(voters_seen) == 1, "every node must name the same quorum"
+    (quorum,) = voters_seen
+    assert [node_id for node_id, _ in quorum] == [1, 2, 3]
+    assert {host for _, (host, _) in quorum} == set(CLUSTER_NODES)
+    cluster_ids = {n["environment"]["CLUSTER_ID"] for n in kafka_cluster.values()}
+    assert len(cluster_ids) == 1
+    (cluster_id,) = cluster_ids
+    raw = base64.urlsafe_b64decode(cluster_id + "==")
+    assert len(raw) == 16 and base64.urlsafe_b64encode(raw).decode().rstrip("=") == cluster_id
+    assert cluster_id != plain["kafka"]["environment"]["CLUSTER_ID"]
+    volumes = [m[0] for n in kafka_cluster.values() for m in mounts(n)]
+    assert len(set(volumes)) == 3, f"each broker needs its own storage: {volumes}"
+
+
+def test_kafka_cluster_listeners_do_not_clash(kafka_cluster):
+    published = []
+    for name, node in kafka_cluster.items():
+        env = node["environment"]
+        bound = listeners(env["KAFKA_LISTENERS"])
+        advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+        assert set(advertised) == set(bound) - {env["KAFKA_CONTROLLER_LISTENER_NAMES"]}
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+        ports = {int(p["published"]): int(p["target"]) for p in node["ports"]}
+        host_side = [(h, p) for h, p in advertised.values() if h == "localhost"]
+        assert len(host_side) == 1, advertised
+        host_port = host_side[0][1]
+        assert host_port in ports, f"{name}: advertised host port {host_port} is not published"
+        assert (name, 19092) in advertised.values()
+        published += list(ports)
+    single = {int(p["published"]) for p in resolved_config()["services"]["kafka"]["ports"]}
+    assert len(set(published)) == 3 and not single & set(published), (
+        f"the cluster's host ports {published} must differ from each other and from {single}"
+    )
+
+
+def test_hermes_services_can_use_the_kafka_cluster():
+    brokers = "kafka-1:19092,kafka-2:19092,kafka-3:19092"
+    env = dict(os.environ, HERMES_KAFKA_BROKERS=brokers)
+    services = resolved_config(profiles=["cluster", "kafka-cluster"], env=env)["services"]
+    for name, service in hermes_services(services).items():
+        assert service["environment"]["HERMES_KAFKA__BROKERS"] == brokers, name

@@ -211,7 +211,15 @@ impl Transport {
             self.topic_spec(t.status(), 1),
             self.topic_spec(t.logs(), 1),
         ];
-        self.create_topics(&specs).await
+        let brokers = self.create_topics_counted(&specs).await?;
+        let replication = self.cfg.replication_factor.resolve(brokers);
+        tracing::info!(
+            brokers,
+            replication_factor = %self.cfg.replication_factor,
+            "run topics ready: {replication} replica(s) per partition, min.insync.replicas {}",
+            topics::min_insync_replicas(replication)
+        );
+        Ok(())
     }
 
     /// Creates topics (idempotent) and returns once every partition has a
@@ -221,13 +229,31 @@ impl Transport {
     /// was seen to lose the first record batches of an idempotent producer
     /// on a fresh broker while reporting them delivered (the log started at
     /// producer sequence 2), so nothing is sent before the topic is ready.
+    ///
+    /// `auto` replication resolves to min(3, brokers in the cluster's
+    /// metadata now); see [`topics::create_topics`].
     pub async fn create_topics(&self, specs: &[TopicSpec]) -> Result<(), TransportError> {
-        topics::create_topics(&self.admin, specs).await?;
+        self.create_topics_counted(specs).await.map(|_| ())
+    }
+
+    /// [`Transport::create_topics`], returning the broker count it saw.
+    async fn create_topics_counted(&self, specs: &[TopicSpec]) -> Result<usize, TransportError> {
+        if specs.is_empty() {
+            return Ok(0);
+        }
+        let producer = self.producer.clone();
+        let brokers = tokio::task::spawn_blocking(move || topics::broker_count(producer.client()))
+            .await
+            .map_err(|e| TransportError::Config(format!("broker count check panicked: {e}")))??;
+        topics::create_topics(&self.admin, specs, brokers).await?;
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || topics::wait_until_ready(producer.client(), &names))
             .await
-            .map_err(|e| TransportError::Config(format!("topic readiness check panicked: {e}")))?
+            .map_err(|e| {
+                TransportError::Config(format!("topic readiness check panicked: {e}"))
+            })??;
+        Ok(brokers)
     }
 
     /// Deletes topics (used to start a run with a clean slate).

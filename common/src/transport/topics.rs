@@ -8,6 +8,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use super::TransportError;
+use crate::config::ReplicationFactor;
 
 /// The streams of a run (DESIGN §2). Topic names are
 /// `<prefix>.<run id>.<stream>`, with `shard.<worker>` per worker.
@@ -88,34 +89,64 @@ pub struct TopicSpec {
     pub name: String,
     /// Number of partitions.
     pub partitions: i32,
-    /// Replication factor.
-    pub replication: i32,
+    /// Replication factor (`auto`: min(3, brokers), see [`ReplicationFactor`]).
+    pub replication: ReplicationFactor,
     /// Largest record the broker accepts on this topic (`max.message.bytes`).
     pub max_message_bytes: usize,
 }
 
+/// `min.insync.replicas` of a topic with `replication` replicas: 2 from 3
+/// replicas on (an acknowledged write survives the loss of any one broker, and
+/// writes go on while one is down), 1 below (every replica may be needed).
+pub fn min_insync_replicas(replication: i32) -> i32 {
+    if replication >= 3 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The number of brokers in the cluster's metadata (the live, registered ones).
+pub fn broker_count<C: ClientContext>(client: &Client<C>) -> Result<usize, TransportError> {
+    let md = client
+        .fetch_metadata(None, Timeout::After(Duration::from_secs(10)))
+        .map_err(|e| TransportError::Kafka {
+            context: "read the cluster metadata (broker count for replication_factor auto)".into(),
+            source: e,
+        })?;
+    Ok(md.brokers().len())
+}
+
 /// Creates the topics that do not exist yet; existing ones are left alone.
+/// `brokers` is the cluster's broker count (resolves `auto` replication and
+/// explains a factor the cluster cannot satisfy). Each topic gets
+/// `min.insync.replicas` from [`min_insync_replicas`].
 pub async fn create_topics(
     admin: &AdminClient<DefaultClientContext>,
     specs: &[TopicSpec],
+    brokers: usize,
 ) -> Result<(), TransportError> {
     if specs.is_empty() {
         return Ok(());
     }
-    let sizes: Vec<String> = specs
+    let settings: Vec<(i32, String, String)> = specs
         .iter()
-        .map(|s| s.max_message_bytes.to_string())
+        .map(|s| {
+            let replication = s.replication.resolve(brokers);
+            (
+                replication,
+                s.max_message_bytes.to_string(),
+                min_insync_replicas(replication).to_string(),
+            )
+        })
         .collect();
     let new: Vec<NewTopic<'_>> = specs
         .iter()
-        .zip(&sizes)
-        .map(|(s, size)| {
-            NewTopic::new(
-                &s.name,
-                s.partitions,
-                TopicReplication::Fixed(s.replication),
-            )
-            .set("max.message.bytes", size)
+        .zip(&settings)
+        .map(|(s, (replication, size, min_isr))| {
+            NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(*replication))
+                .set("max.message.bytes", size)
+                .set("min.insync.replicas", min_isr)
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -131,6 +162,20 @@ pub async fn create_topics(
         match result {
             Ok(_) => {}
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, RDKafkaErrorCode::InvalidReplicationFactor)) => {
+                let spec = specs.iter().find(|s| s.name == topic);
+                let (wanted, replication) = spec.map_or((String::new(), 0), |s| {
+                    (s.replication.to_string(), s.replication.resolve(brokers))
+                });
+                return Err(TransportError::Topic {
+                    topic,
+                    message: format!(
+                        "the broker refused {replication} replicas (kafka.replication_factor = {wanted}): \
+                         the cluster has {brokers} broker(s) in its metadata; \
+                         set kafka.replication_factor to \"auto\" or at most {brokers}"
+                    ),
+                });
+            }
             Err((topic, code)) => {
                 return Err(TransportError::Topic {
                     topic,
@@ -236,5 +281,13 @@ mod tests {
         assert_eq!(t.control(), "hermes.run_1_a.control");
         assert_eq!(t.shard("w:1"), "hermes.run_1_a.shard.w_1");
         assert_eq!(t.run_topics().len(), 5);
+    }
+
+    #[test]
+    fn three_replicas_need_two_in_sync() {
+        assert_eq!(min_insync_replicas(1), 1);
+        assert_eq!(min_insync_replicas(2), 1);
+        assert_eq!(min_insync_replicas(3), 2);
+        assert_eq!(min_insync_replicas(5), 2);
     }
 }
