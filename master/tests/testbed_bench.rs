@@ -7,25 +7,13 @@
 //! (`deploy/setup.sh`); skipped without root unless
 //! `HERMES_TESTBED_TESTS=required`.
 
+mod testbed_support;
+
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("HERMES_TESTBED_TESTS").as_deref() == Ok("required") {
-        panic!("testbed tests need root (HERMES_TESTBED_TESTS=required)");
-    }
-    eprintln!("skipped: testbed tests need root");
-    false
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use testbed_support::{repo, root_or_skip};
 
 /// The shipped `ci` profile with its own name, subnet and ports, in `dir`.
 fn ci_profile(dir: &Path, name: &str, third_octet: u8, port: u16) -> PathBuf {
@@ -55,50 +43,12 @@ fn down(name: &str, state_dir: &Path) -> std::process::Output {
 }
 
 fn assert_nothing_left(name: &str, state_dir: &Path, pids: &[u32]) {
-    let prefix = format!("hb{name}");
-    let ns = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert!(
-        !ns.lines().any(|l| l.starts_with(&prefix)),
-        "namespaces left: {ns}"
-    );
-    let links = String::from_utf8(
-        Command::new("ip")
-            .args(["-o", "link", "show"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert!(
-        !links.lines().any(|l| l
-            .split_whitespace()
-            .nth(1)
-            .is_some_and(|n| n.starts_with(&prefix))),
-        "links left: {links}"
-    );
+    testbed_support::assert_testbed_gone(name, state_dir);
     for pid in pids {
         let alive =
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
         assert!(!alive, "process {pid} still runs");
     }
-    let sys = master::testbed::cgroup::CgroupSystem::detect().unwrap();
-    if let Some(sys) = sys {
-        for p in sys.node_paths(name, "x").unwrap() {
-            let testbed_dir = p.parent().unwrap();
-            assert!(!testbed_dir.exists(), "{} left", testbed_dir.display());
-        }
-    }
-    assert!(
-        !state_dir.join(format!("{name}.json")).exists(),
-        "state file left"
-    );
     // The broker is checked by its pid, never by connecting: with the bridge
     // gone its address would route off the machine.
     let pid_file = repo()

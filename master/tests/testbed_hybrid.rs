@@ -17,34 +17,19 @@
 //! by deploy/kafka/start.sh), data/mnist/mnist_5k.csv.gz, the MLP artifacts
 //! and the ONNX Runtime library.
 
+mod testbed_support;
+
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testbed_support::{repo, root_or_skip};
 
 use serde_json::{json, Value};
 use support::sshd::{free_port, process_alive};
 use support::Lab;
-
-fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("HERMES_TESTBED_TESTS").as_deref() == Ok("required") {
-        panic!("testbed tests need root (HERMES_TESTBED_TESTS=required)");
-    }
-    eprintln!("skipped: testbed tests need root");
-    false
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// Fails with the fix when setup has not produced the data, artifacts or library.
 fn require_setup() {
@@ -149,41 +134,8 @@ impl Bed {
     /// Asserts nothing of this testbed is left: namespaces, links, cgroups,
     /// the state file, the broker.
     fn assert_gone(&self, broker_port: u16) {
-        let prefix = format!("hb{}", self.name);
-        let ns = String::from_utf8(
-            Command::new("ip")
-                .args(["netns", "list"])
-                .output()
-                .expect("ip netns list")
-                .stdout,
-        )
-        .unwrap();
-        assert!(
-            !ns.lines().any(|l| l.starts_with(&prefix)),
-            "namespaces left: {ns}"
-        );
-        let links = String::from_utf8(
-            Command::new("ip")
-                .args(["-o", "link", "show"])
-                .output()
-                .expect("ip link show")
-                .stdout,
-        )
-        .unwrap();
-        assert!(
-            !links.lines().any(|l| l
-                .split_whitespace()
-                .nth(1)
-                .is_some_and(|n| n.starts_with(&prefix))),
-            "links left: {links}"
-        );
-        if let Some(sys) = master::testbed::cgroup::CgroupSystem::detect().unwrap() {
-            for p in sys.node_paths(&self.name, "x").unwrap() {
-                let testbed_dir = p.parent().unwrap();
-                assert!(!testbed_dir.exists(), "{} left", testbed_dir.display());
-            }
-        }
-        assert!(!self.state_file().exists(), "state file left");
+        let state_dir = self.state_file().parent().unwrap().to_path_buf();
+        testbed_support::assert_testbed_gone(&self.name, &state_dir);
         assert!(
             std::net::TcpStream::connect_timeout(
                 &std::net::SocketAddr::from(([127, 0, 0, 1], broker_port)),

@@ -5,25 +5,13 @@
 //! Needs root; skipped otherwise unless `HERMES_TESTBED_TESTS=required`
 //! (CI sets it), then it fails.
 
-use std::path::{Path, PathBuf};
+mod testbed_support;
+
+use std::path::PathBuf;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("HERMES_TESTBED_TESTS").as_deref() == Ok("required") {
-        panic!("testbed tests need root (HERMES_TESTBED_TESTS=required)");
-    }
-    eprintln!("skipped: testbed tests need root");
-    false
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use testbed_support::{repo, root_or_skip};
 
 /// A testbed in a temp folder, brought down when dropped.
 struct Bed {
@@ -91,47 +79,7 @@ impl Bed {
 
     /// Asserts nothing of this testbed is left.
     fn assert_gone(&self) {
-        let prefix = format!("hb{}", self.name);
-        let ns = String::from_utf8(
-            Command::new("ip")
-                .args(["netns", "list"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        assert!(
-            !ns.lines().any(|l| l.starts_with(&prefix)),
-            "namespaces left: {ns}"
-        );
-        let links = String::from_utf8(
-            Command::new("ip")
-                .args(["-o", "link", "show"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        assert!(
-            !links.lines().any(|l| l
-                .split_whitespace()
-                .nth(1)
-                .is_some_and(|n| n.starts_with(&prefix))),
-            "links left: {links}"
-        );
-        if let Some(sys) = master::testbed::cgroup::CgroupSystem::detect().unwrap() {
-            for p in sys.node_paths(&self.name, "x").unwrap() {
-                let testbed_dir = p.parent().unwrap();
-                assert!(!testbed_dir.exists(), "{} left", testbed_dir.display());
-            }
-        }
-        assert!(
-            !self
-                .state_dir()
-                .join(format!("{}.json", self.name))
-                .exists(),
-            "state file left"
-        );
+        testbed_support::assert_testbed_gone(&self.name, &self.state_dir());
     }
 }
 

@@ -4,25 +4,13 @@
 //!
 //! Needs root; skipped otherwise unless `HERMES_TESTBED_TESTS=required`.
 
+mod testbed_support;
+
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("HERMES_TESTBED_TESTS").as_deref() == Ok("required") {
-        panic!("testbed tests need root (HERMES_TESTBED_TESTS=required)");
-    }
-    eprintln!("skipped: testbed tests need root");
-    false
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use testbed_support::{repo, root_or_skip};
 
 fn now() -> f64 {
     SystemTime::now()
