@@ -61,11 +61,13 @@ pub struct RunOutputs {
 
 impl RunOutputs {
     /// Creates `<data_dir>/runs/<run_id>/` and opens its files. A folder
-    /// left by an earlier run of the same id is never overwritten: it is
-    /// moved aside to `<run_id>.<UTC time>` first (and said so).
+    /// holding an earlier run's outputs is never overwritten: it is moved
+    /// aside to `<run_id>.<UTC time>` first (and said so).
     pub fn create(cfg: &MasterConfig, policy: &str) -> anyhow::Result<Self> {
         let run_dir = crate::outputs::run_dir(&cfg.data_dir, &cfg.run_id)?;
-        if run_dir.exists() {
+        // Only a folder with an earlier run's outputs is moved; one prepared
+        // for this run (a bench puts its logs there first) is used as it is.
+        if run_dir.join(crate::outputs::metrics::METRICS_FILE).exists() {
             let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
             let aside = run_dir.with_file_name(format!("{}.{stamp}", cfg.run_id));
             std::fs::rename(&run_dir, &aside).with_context(|| {

@@ -119,7 +119,9 @@ fn ci_profile_bench_writes_json_and_png() {
             );
         }
         let dir = PathBuf::from(run["run_dir"].as_str().unwrap());
+        // The bench's master log and the master's outputs share the run folder.
         assert!(dir.join("summary.json").exists());
+        assert!(dir.join("master.log").exists(), "{}", dir.display());
     }
     let policies: Vec<&str> = report["policies"]
         .as_array()
