@@ -61,7 +61,7 @@ fn metrics_times(run_dir: &Path) -> Vec<(u64, String)> {
         .collect()
 }
 
-// Passed 4 of 5 runs on the 2-core machine; in one CI rehearsal a BSP round
+// Passed 3 of 4 runs on the 2-core machine; in one CI rehearsal a BSP round
 // never completed after the broker's return (one update pending, the other
 // worker's shard out, the run stopped on `no_progress_secs`). Until that lost
 // round is understood the test runs on demand:
