@@ -550,27 +550,7 @@ pub fn plot_png(report: &BenchReport, path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    // The bitmap encoder picks the format from the extension: keep ".png".
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}.png",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let drawn = draw(&tmp, report, text).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
-    });
-    if drawn.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drawn
+    crate::outputs::write_png_atomically(path, |tmp| draw(tmp, report, text))
 }
 
 /// Draws both panels into `path`; `text` says whether a font is available.

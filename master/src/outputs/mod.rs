@@ -41,10 +41,9 @@ pub fn run_dir(data_dir: &Path, run_id: &str) -> anyhow::Result<PathBuf> {
     Ok(data_dir.join("runs").join(run_id))
 }
 
-/// Writes `bytes` to `path` so readers see the old file or the new one, never
-/// a mix: a temporary file in the same folder, synced, then renamed over.
-/// Creates the parent folder.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// A temporary name beside `path` (same folder, created if missing), ending
+/// in `suffix`: `.<name>.tmp-<pid><suffix>`.
+fn temp_beside(path: &Path, suffix: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -53,11 +52,37 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+    Ok(dir.join(format!(
+        ".{}.tmp-{}{suffix}",
         name.to_string_lossy(),
         std::process::id()
-    ));
+    )))
+}
+
+/// Draws a PNG with `draw` into a temporary file beside `path`, then renames
+/// it over `path`, so a reader never sees half a picture. (The bitmap
+/// encoder picks the format from the extension, so the temporary name ends
+/// in `.png`.) Creates the parent folder; the temporary file is removed on
+/// failure.
+pub fn write_png_atomically(
+    path: &Path,
+    draw: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp = temp_beside(path, ".png")?;
+    let drawn = draw(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
+    });
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    drawn
+}
+
+/// Writes `bytes` to `path` so readers see the old file or the new one, never
+/// a mix: a temporary file in the same folder, synced, then renamed over.
+/// Creates the parent folder.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = temp_beside(path, "")?;
     let result = (|| -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;

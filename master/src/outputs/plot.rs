@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use anyhow::Context;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -68,17 +67,7 @@ pub fn write_plot(
         }
     };
     let path = run_dir.join(PLOT_FILE);
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
-    // The bitmap encoder picks the format from the extension: keep ".png".
-    let tmp = run_dir.join(format!(".accuracy.tmp-{}.png", std::process::id()));
-    let drawn = draw(&tmp, labels, rows, text).and_then(|()| {
-        std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))
-    });
-    if drawn.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    drawn?;
+    super::write_png_atomically(&path, |tmp| draw(tmp, labels, rows, text))?;
     Ok(path)
 }
 
