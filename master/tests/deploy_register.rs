@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::sshd::process_alive;
-use support::Lab;
+use support::{worker_binary, Lab};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,35 +71,6 @@ fn ort_library() -> PathBuf {
     }
     assert!(lib.exists(), "{} missing", lib.display());
     lib
-}
-
-/// `target/<profile>/worker`, (re)built with the profile of this test's master.
-fn worker_binary() -> PathBuf {
-    let master = PathBuf::from(env!("CARGO_BIN_EXE_master"));
-    let dir = master.parent().expect("target dir");
-    let profile = dir
-        .file_name()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace())
-        .args(["build", "-q", "-p", "worker"]);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            build.arg("--release");
-        }
-        other => {
-            build.args(["--profile", other]);
-        }
-    }
-    let status = build.status().expect("run cargo build -p worker");
-    assert!(status.success(), "cargo build -p worker failed");
-    let worker = dir.join("worker");
-    assert!(worker.exists(), "{} missing", worker.display());
-    worker
 }
 
 /// Starts the real master with `conf`, streaming its output lines.

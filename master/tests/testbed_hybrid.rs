@@ -29,59 +29,7 @@ use testbed_support::{repo, root_or_skip};
 
 use serde_json::{json, Value};
 use support::sshd::{free_port, process_alive};
-use support::Lab;
-
-/// Fails with the fix when setup has not produced the data, artifacts or library.
-fn require_setup() {
-    for (path, fix) in [
-        (
-            "data/mnist/mnist_5k.csv.gz",
-            "bash examples/prepare_data.sh",
-        ),
-        (
-            "examples/artifacts/mlp/manifest.json",
-            "bash examples/build_artifacts.sh",
-        ),
-        (
-            "deploy/ort/lib/libonnxruntime.so",
-            "bash deploy/ort/install.sh",
-        ),
-    ] {
-        assert!(
-            repo().join(path).exists(),
-            "{path} missing: run `{fix}` (or deploy/setup.sh)"
-        );
-    }
-}
-
-/// `target/<profile>/worker`, (re)built with the profile of this test's master.
-fn worker_binary() -> PathBuf {
-    let master = PathBuf::from(env!("CARGO_BIN_EXE_master"));
-    let dir = master.parent().expect("target dir");
-    let profile = dir
-        .file_name()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(repo())
-        .args(["build", "-q", "-p", "worker"]);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            build.arg("--release");
-        }
-        other => {
-            build.args(["--profile", other]);
-        }
-    }
-    let status = build.status().expect("run cargo build -p worker");
-    assert!(status.success(), "cargo build -p worker failed");
-    let worker = dir.join("worker");
-    assert!(worker.exists(), "{} missing", worker.display());
-    worker
-}
+use support::{require_setup, worker_binary, Lab};
 
 /// Three distinct free loopback ports.
 fn free_ports() -> (u16, u16, u16) {

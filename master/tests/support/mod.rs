@@ -188,3 +188,60 @@ impl Lab {
         run
     }
 }
+
+/// The workspace root.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Fails with the fix when setup has not produced the data, artifacts or library.
+pub fn require_setup() {
+    for (path, fix) in [
+        (
+            "data/mnist/mnist_5k.csv.gz",
+            "bash examples/prepare_data.sh",
+        ),
+        (
+            "examples/artifacts/mlp/manifest.json",
+            "bash examples/build_artifacts.sh",
+        ),
+        (
+            "deploy/ort/lib/libonnxruntime.so",
+            "bash deploy/ort/install.sh",
+        ),
+    ] {
+        assert!(
+            workspace().join(path).exists(),
+            "{path} missing: run `{fix}` (or deploy/setup.sh)"
+        );
+    }
+}
+
+/// `target/<profile>/worker`, (re)built with the profile of this test's master.
+pub fn worker_binary() -> PathBuf {
+    let master = PathBuf::from(env!("CARGO_BIN_EXE_master"));
+    let dir = master.parent().expect("target dir");
+    let profile = dir
+        .file_name()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(workspace())
+        .args(["build", "-q", "-p", "worker"]);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            build.arg("--release");
+        }
+        other => {
+            build.args(["--profile", other]);
+        }
+    }
+    let status = build.status().expect("run cargo build -p worker");
+    assert!(status.success(), "cargo build -p worker failed");
+    let worker = dir.join("worker");
+    assert!(worker.exists(), "{} missing", worker.display());
+    worker
+}
