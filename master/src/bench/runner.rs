@@ -50,7 +50,7 @@ fn link_counters(state: &TestbedState) -> BTreeMap<String, (u64, u64)> {
 
 /// Puts every link back to the profile's rate (a trace may have moved it).
 fn reset_links(state: &TestbedState) -> anyhow::Result<()> {
-    let queue = state.profile.as_ref().map_or(50, |p| p.queue_packets);
+    let queue = state.queue_packets();
     for n in &state.nodes {
         if n.node.trace.is_none() {
             continue;
@@ -146,13 +146,7 @@ pub fn run_one(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("HERMES_") && !k.starts_with("HERMES_HMAC_KEY") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
+    spawn::own_config_only(&mut cmd);
     let mut master = cmd.spawn().context("start the master")?;
     // Recorded so that `down` stops it too if the bench dies.
     state.processes.push(ProcessState {

@@ -47,7 +47,7 @@ pub fn set(state_dir: &Path, name: &str, args: &SetArgs) -> anyhow::Result<()> {
     require_root("master testbed set")?;
     let mut state = TestbedState::load(state_dir, name)?
         .with_context(|| format!("testbed `{name}` is not up"))?;
-    let queue = state.profile.as_ref().map_or(50, |p| p.queue_packets);
+    let queue = state.queue_packets();
     let ns = state.node_mut(&args.node)?;
     if let Some(r) = args.uplink {
         apply_rate(&uplink(ns), ns.node.uplink.is_some(), r, queue)?;

@@ -331,13 +331,7 @@ pub fn start_workers_in_nodes(
             .with_context(|| format!("{}: cannot write", conf_path.display()))?;
         let mut cmd = Command::new(&binary);
         cmd.arg("--conf").arg(&conf_path);
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            if k.starts_with("HERMES_") && !k.starts_with("HERMES_HMAC_KEY") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("NO_COLOR", "1");
+        spawn::own_config_only(&mut cmd);
         let log = dir.join("worker.log");
         let child = spawn::spawn_detached(cmd, &ns.netns, &ns.cgroups, &log)
             .with_context(|| format!("node `{}`: start the worker", n.name))?;

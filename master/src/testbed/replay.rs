@@ -53,7 +53,7 @@ pub fn replay_links(
     if links.is_empty() {
         return Ok(());
     }
-    let queue = state.profile.as_ref().map_or(50, |p| p.queue_packets);
+    let queue = state.queue_packets();
     let mut csv = AppliedRateCsv::create(csv_path)?;
     let mut central = CentralLog::open(data_dir)?;
     let devices: Vec<(String, Device)> = links

@@ -96,6 +96,19 @@ pub fn stop_signals() -> &'static AtomicBool {
     &STOP
 }
 
+/// Makes a child read only the configuration file it is given: the caller's
+/// `HERMES_*` overrides (run id, brokers, slowdown...) are removed, except
+/// the HMAC key; colour is off (its output goes to a log file).
+pub fn own_config_only(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("HERMES_") && !k.starts_with("HERMES_HMAC_KEY") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+}
+
 /// Whether process `pid` is alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

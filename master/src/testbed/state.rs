@@ -137,6 +137,11 @@ impl TestbedState {
             })
     }
 
+    /// Packets each shaped link's queue holds (the profile's, else 50).
+    pub fn queue_packets(&self) -> u32 {
+        self.profile.as_ref().map_or(50, |p| p.queue_packets)
+    }
+
     /// The broker address nodes use.
     pub fn bootstrap(&self) -> Option<&str> {
         self.broker.as_ref().map(|b| b.bootstrap.as_str())
