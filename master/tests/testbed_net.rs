@@ -102,7 +102,17 @@ fn iperf(ns: &str, gw: &str, port: u16, secs: u32, downlink: bool) -> serde_json
     let mut args = vec!["netns", "exec", ns, "iperf3", "-c", gw, "-p"];
     let p = port.to_string();
     let t = secs.to_string();
-    args.extend([p.as_str(), "-t", &t, "-i", "0.5", "-J"]);
+    // A lost SYN must fail the test in seconds, not after TCP's 2 minutes.
+    args.extend([
+        p.as_str(),
+        "-t",
+        &t,
+        "-i",
+        "0.5",
+        "-J",
+        "--connect-timeout",
+        "5000",
+    ]);
     if downlink {
         args.push("-R");
     }
@@ -246,4 +256,26 @@ fn up_refuses_netem_fields_and_bad_profiles_with_one_line() {
         "{err}"
     );
     bed.assert_gone();
+    // A subnet a live testbed holds is refused before anything is made.
+    let first = Bed::new(
+        &format!("tf{}", std::process::id() % 10000),
+        "198.18.203.0/24",
+        serde_json::json!([{"name": "a", "uplink": "5mbit"}]),
+    );
+    first.run(&["up"]);
+    let second = Bed::new(
+        &format!("tg{}", std::process::id() % 10000),
+        "198.18.203.128/25",
+        serde_json::json!([{"name": "b", "uplink": "5mbit"}]),
+    );
+    let out = second.master(&["up"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("overlaps 198.18.203.0/24") && err.contains(&format!("hb{}br", first.name)),
+        "{err}"
+    );
+    second.assert_gone();
+    first.run(&["down"]);
+    first.assert_gone();
 }

@@ -102,8 +102,22 @@ fn links_follow_the_trace_on_schedule() {
     let client_start = now();
     let out = Command::new("ip")
         .args([
-            "netns", "exec", &ns, "iperf3", "-c", gw, "-p", "15204", "-t", "12", "-i", "0.5", "-R",
+            "netns",
+            "exec",
+            &ns,
+            "iperf3",
+            "-c",
+            gw,
+            "-p",
+            "15204",
+            "-t",
+            "12",
+            "-i",
+            "0.5",
+            "-R",
             "-J",
+            "--connect-timeout",
+            "5000",
         ])
         .output()
         .unwrap();

@@ -54,6 +54,17 @@ pub fn up(
             old.profile_path.display()
         );
     }
+    let subnet = profile.subnet()?;
+    let taken = net::routes_overlapping(&subnet)?;
+    if let Some((prefix, dev)) = taken.first() {
+        anyhow::bail!(
+            "subnet {}/{} of testbed `{}` overlaps {prefix} on device {dev}, which is in use already \
+             (another testbed? `master testbed down` with its profile, or give this one another `subnet`)",
+            subnet.network,
+            subnet.prefix,
+            profile.name
+        );
+    }
     let work_dir = opts
         .work_dir
         .clone()

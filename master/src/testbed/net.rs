@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use anyhow::Context;
 
+use super::profile::Subnet;
 use super::rate::Rate;
 
 /// Burst of every htb class: below one packet costs throughput at high
@@ -51,6 +52,43 @@ fn run_quiet(program: &str, args: &[&str]) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+/// The host's IPv4 routes that share addresses with `subnet`, as
+/// `(prefix, device)`: another testbed (or anything else) already using
+/// them would take the replies of this one.
+pub fn routes_overlapping(subnet: &Subnet) -> anyhow::Result<Vec<(String, String)>> {
+    let text = run("ip", &["-4", "-o", "route", "show", "table", "all"])?;
+    Ok(parse_routes(&text)
+        .into_iter()
+        .filter(|(net, prefix, _)| *prefix > 0 && subnet.overlaps(*net, *prefix))
+        .map(|(net, prefix, dev)| (format!("{net}/{prefix}"), dev))
+        .collect())
+}
+
+/// `(network, prefix, device)` of each `ip -4 -o route` line with a
+/// destination prefix (default and unparsable lines are skipped).
+pub fn parse_routes(text: &str) -> Vec<(Ipv4Addr, u8, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let mut dest = words.next()?;
+            if matches!(dest, "local" | "broadcast" | "unicast") {
+                dest = words.next()?;
+            }
+            let (addr, prefix) = match dest.split_once('/') {
+                Some((a, p)) => (a.parse().ok()?, p.parse().ok()?),
+                None => (dest.parse().ok()?, 32),
+            };
+            let dev = line
+                .split_whitespace()
+                .skip_while(|w| *w != "dev")
+                .nth(1)
+                .unwrap_or("?")
+                .to_string();
+            Some((addr, prefix, dev))
+        })
+        .collect()
 }
 
 /// Whether the kernel has the netem qdisc (probed once, in a throwaway
@@ -342,6 +380,33 @@ pub fn netns_pids(ns: &str) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_parsed_and_overlaps_found() {
+        let text = "default via 192.0.2.1 dev eth0\n\
+198.18.204.0/24 dev hbtt2135br proto kernel scope link src 198.18.204.1\n\
+local 198.18.204.1 dev hbtt2135br table local proto kernel scope host src 198.18.204.1\n\
+10.0.0.0/8 dev eth1\n\
+garbage line\n";
+        let routes = parse_routes(text);
+        assert_eq!(routes.len(), 3);
+        assert_eq!(
+            routes[1],
+            ("198.18.204.1".parse().unwrap(), 32, "hbtt2135br".into())
+        );
+        let s = Subnet::parse("198.18.204.0/24").unwrap();
+        let hits: Vec<_> = routes
+            .iter()
+            .filter(|(n, p, _)| s.overlaps(*n, *p))
+            .collect();
+        assert_eq!(hits.len(), 2);
+        assert!(!Subnet::parse("198.18.205.0/24")
+            .unwrap()
+            .overlaps("198.18.204.0".parse().unwrap(), 24));
+        assert!(Subnet::parse("198.18.0.0/16")
+            .unwrap()
+            .overlaps("198.18.204.0".parse().unwrap(), 24));
+    }
 
     #[test]
     fn device_names_fit_in_fifteen_characters() {

@@ -353,6 +353,17 @@ impl Subnet {
         let n = index as u64 + 2;
         (n <= hosts).then(|| Ipv4Addr::from(u32::from(self.network) + n as u32))
     }
+
+    /// Whether this subnet and `other` (`network`/`prefix`) share an address.
+    pub fn overlaps(&self, network: Ipv4Addr, prefix: u8) -> bool {
+        let common = self.prefix.min(prefix).min(32);
+        let mask = if common == 0 {
+            0
+        } else {
+            u32::MAX << (32 - common)
+        };
+        u32::from(self.network) & mask == u32::from(network) & mask
+    }
 }
 
 impl Profile {
