@@ -103,6 +103,12 @@ impl HmacKey {
         &self.0
     }
 
+    /// The key as lowercase hex text, what a key file holds (for shipping
+    /// the run key to a worker; never log it).
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
     /// Key length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

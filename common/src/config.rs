@@ -215,6 +215,13 @@ pub struct KafkaConfig {
     /// File holding the shared HMAC key; `HERMES_HMAC_KEY_FILE` / `HERMES_HMAC_KEY`
     /// are used when unset. The key itself never lives in this file.
     pub hmac_key_file: Option<PathBuf>,
+    /// The key being rotated out: records tagged with it are still accepted,
+    /// nothing is signed with it. Remove it once every node has the new key.
+    pub hmac_previous_key_file: Option<PathBuf>,
+    /// Run without authentication (records carry a CRC only, so anyone who
+    /// can write to the topics can forge them). Off by default: without a
+    /// configured key the master creates `data/hermes.key` and workers read it.
+    pub insecure: bool,
     /// Security settings passed to librdkafka.
     pub security: KafkaSecurity,
     /// Further librdkafka properties, passed through verbatim (for example
@@ -236,6 +243,8 @@ impl Default for KafkaConfig {
             reassembly_timeout_secs: 120,
             connect_timeout_secs: 60,
             hmac_key_file: None,
+            hmac_previous_key_file: None,
+            insecure: false,
             security: KafkaSecurity::default(),
             extra: BTreeMap::new(),
         }

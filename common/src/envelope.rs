@@ -10,14 +10,21 @@
 //! | magic       | 4                 | `b"HRMS"`                                    |
 //! | version     | 2 (u16)           | [`PROTOCOL_VERSION`]                         |
 //! | kind        | 1 (u8)            | [`MessageKind`]                              |
-//! | flags       | 1 (u8)            | bit 0: a tag follows; other bits must be 0   |
+//! | flags       | 1 (u8)            | bit 0: a tag follows; bit 1: a CRC follows;  |
+//! |             |                   | exactly one of the two, other bits 0         |
 //! | run id      | 2 (u16) + n       | UTF-8, n ≤ [`MAX_ID_BYTES`]                  |
 //! | sender id   | 2 (u16) + n       | UTF-8, n ≤ [`MAX_ID_BYTES`]                  |
 //! | sequence    | 8 (u64)           | per-sender sequence number                   |
 //! | payload     | 4 (u32) + n       | n ≤ the codec's `max_payload_bytes`          |
 //! | tag         | 32 if flag bit 0  | HMAC-SHA256 over every byte before the tag   |
+//! | checksum    | 4 if flag bit 1   | CRC-32 (IEEE) over every byte before it      |
 //!
-//! # Authentication policy
+//! # Integrity and authentication policy
+//!
+//! Every record carries an integrity check: the HMAC tag with a key, a CRC-32
+//! without one (a run started with `kafka.insecure`). A record with neither, or
+//! whose check fails, is rejected before any field is acted on. The CRC finds
+//! corruption, not forgery: only the keyed tag stops a foreign client.
 //!
 //! With a key configured, every record must carry a valid tag: untagged records
 //! are rejected ([`EnvelopeError::MissingTag`]) and tags are compared in
@@ -36,7 +43,7 @@ use crate::auth::HmacKey;
 pub const MAGIC: [u8; 4] = *b"HRMS";
 
 /// Version of this layout. Records with any other version are rejected.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Longest run id or sender id, in bytes.
 pub const MAX_ID_BYTES: usize = 255;
@@ -46,6 +53,12 @@ pub const TAG_BYTES: usize = 32;
 
 /// Flag bit: a tag follows the payload.
 const FLAG_TAGGED: u8 = 0b0000_0001;
+
+/// Flag bit: a CRC-32 follows the payload (records without a key).
+const FLAG_CHECKSUM: u8 = 0b0000_0010;
+
+/// Length of the CRC-32 trailer.
+pub const CHECKSUM_BYTES: usize = 4;
 
 /// Bytes of a record besides the two ids, the payload and the tag:
 /// magic, version, kind, flags, two id lengths, sequence, payload length.
@@ -184,6 +197,12 @@ pub enum EnvelopeError {
     /// No key is configured but the record is tagged (see the module docs).
     #[error("record has an HMAC tag but no key is configured")]
     UnexpectedTag,
+    /// The record has neither a tag nor a checksum.
+    #[error("record carries no integrity check (neither HMAC tag nor CRC)")]
+    MissingIntegrity,
+    /// The CRC-32 does not match: the record was corrupted.
+    #[error("checksum does not match: the record is corrupted")]
+    BadChecksum,
     /// The payload is larger than the codec allows.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -217,11 +236,19 @@ impl EnvelopeError {
             EnvelopeError::MissingTag => "missing_tag",
             EnvelopeError::BadTag => "bad_tag",
             EnvelopeError::UnexpectedTag => "unexpected_tag",
+            EnvelopeError::MissingIntegrity => "missing_integrity",
+            EnvelopeError::BadChecksum => "bad_checksum",
             EnvelopeError::PayloadTooLarge { .. } => "payload_too_large",
             EnvelopeError::IdTooLong { .. } => "id_too_long",
             EnvelopeError::Malformed(_) => "malformed",
         }
     }
+}
+
+/// An HMAC state keyed with `key` (HMAC accepts keys of any length).
+fn keyed(key: &HmacKey) -> HmacSha256 {
+    <HmacSha256 as Mac>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
 }
 
 /// Encodes and decodes records of one run, with an optional shared key.
@@ -233,6 +260,8 @@ pub struct EnvelopeCodec {
     run_id: String,
     /// HMAC state already keyed, cloned per record (saves re-keying).
     mac: Option<HmacSha256>,
+    /// The key being rotated out: accepted when verifying, never used to sign.
+    previous_mac: Option<HmacSha256>,
     max_payload_bytes: usize,
 }
 
@@ -269,16 +298,22 @@ impl EnvelopeCodec {
     ) -> Result<Self, EnvelopeError> {
         let run_id = run_id.into();
         validate_id("run id", &run_id)?;
-        let mac = key.map(|k| {
-            // HMAC accepts keys of any length, so this cannot fail.
-            <HmacSha256 as Mac>::new_from_slice(k.as_bytes())
-                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
-        });
         Ok(Self {
             run_id,
-            mac,
+            mac: key.as_ref().map(keyed),
+            previous_mac: None,
             max_payload_bytes,
         })
+    }
+
+    /// Also accepts records tagged with `previous` (a key rotation: every
+    /// node signs with the new key and still verifies the old one until all
+    /// of them have the new key). Ignored on a codec without a key.
+    pub fn with_previous_key(mut self, previous: Option<HmacKey>) -> Self {
+        if self.mac.is_some() {
+            self.previous_mac = previous.as_ref().map(keyed);
+        }
+        self
     }
 
     /// The run id every record of this codec carries.
@@ -302,7 +337,11 @@ impl EnvelopeCodec {
         FIXED_BYTES
             + self.run_id.len()
             + sender.len()
-            + if self.mac.is_some() { TAG_BYTES } else { 0 }
+            + if self.mac.is_some() {
+                TAG_BYTES
+            } else {
+                CHECKSUM_BYTES
+            }
     }
 
     /// Encodes one record: one allocation of the exact size, payload written once.
@@ -379,7 +418,11 @@ impl EnvelopeCodec {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         out.push(kind.code());
-        out.push(if self.mac.is_some() { FLAG_TAGGED } else { 0 });
+        out.push(if self.mac.is_some() {
+            FLAG_TAGGED
+        } else {
+            FLAG_CHECKSUM
+        });
         // Lengths fit in u16: validate_id bounds them by MAX_ID_BYTES.
         out.extend_from_slice(&(self.run_id.len() as u16).to_le_bytes());
         out.extend_from_slice(self.run_id.as_bytes());
@@ -395,6 +438,9 @@ impl EnvelopeCodec {
             mac.update(out);
             let tag = mac.finalize().into_bytes();
             out.extend_from_slice(&tag);
+        } else {
+            let crc = crc32fast::hash(out);
+            out.extend_from_slice(&crc.to_le_bytes());
         }
         Ok(())
     }
@@ -420,13 +466,24 @@ impl EnvelopeCodec {
         }
         let kind = MessageKind::try_from(r.u8()?)?;
         let flags = r.u8()?;
-        if flags & !FLAG_TAGGED != 0 {
+        let known = FLAG_TAGGED | FLAG_CHECKSUM;
+        if flags & !known != 0 {
             return Err(EnvelopeError::Malformed(format!(
                 "unknown flag bits {:#04x}",
-                flags & !FLAG_TAGGED
+                flags & !known
             )));
         }
         let tagged = flags & FLAG_TAGGED != 0;
+        let checksummed = flags & FLAG_CHECKSUM != 0;
+        match (tagged, checksummed) {
+            (false, false) => return Err(EnvelopeError::MissingIntegrity),
+            (true, true) => {
+                return Err(EnvelopeError::Malformed(
+                    "both the tag and the checksum flag are set".to_string(),
+                ))
+            }
+            _ => {}
+        }
         let run_id = r.id("run id")?;
         let sender = r.id("sender id")?;
         let sequence = r.u64()?;
@@ -444,6 +501,11 @@ impl EnvelopeCodec {
         } else {
             None
         };
+        let checksum = if checksummed {
+            Some(r.array::<CHECKSUM_BYTES>()?)
+        } else {
+            None
+        };
         if r.pos != bytes.len() {
             return Err(EnvelopeError::Malformed(format!(
                 "{} unexpected bytes after the record",
@@ -451,6 +513,11 @@ impl EnvelopeCodec {
             )));
         }
 
+        if let Some(crc) = checksum {
+            if u32::from_le_bytes(crc) != crc32fast::hash(&bytes[..signed_len]) {
+                return Err(EnvelopeError::BadChecksum);
+            }
+        }
         if run_id != self.run_id.as_bytes() {
             return Err(EnvelopeError::WrongRunId {
                 expected: self.run_id.clone(),
@@ -462,9 +529,14 @@ impl EnvelopeCodec {
             (None, Some(_)) => return Err(EnvelopeError::UnexpectedTag),
             (None, None) => {}
             (Some(mac), Some(tag)) => {
-                let mut mac = mac.clone();
-                mac.update(&bytes[..signed_len]);
-                mac.verify_slice(tag).map_err(|_| EnvelopeError::BadTag)?;
+                let verifies = |mac: &HmacSha256| {
+                    let mut mac = mac.clone();
+                    mac.update(&bytes[..signed_len]);
+                    mac.verify_slice(tag).is_ok()
+                };
+                if !verifies(mac) && !self.previous_mac.as_ref().is_some_and(verifies) {
+                    return Err(EnvelopeError::BadTag);
+                }
             }
         }
         // Equal to our own run id, hence valid UTF-8.
@@ -624,6 +696,75 @@ mod tests {
         }
     }
 
+    /// Recomputes the CRC of an untagged record changed on purpose.
+    fn reseal(bytes: &mut [u8]) {
+        let end = bytes.len() - CHECKSUM_BYTES;
+        let crc = crc32fast::hash(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn every_single_bit_flip_of_an_unkeyed_record_is_rejected() {
+        let bytes = sample(&plain());
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                plain().decode(&flipped).is_err(),
+                "bit {bit} flipped was accepted"
+            );
+        }
+        let mut corrupt = bytes.clone();
+        let last = corrupt.len() - CHECKSUM_BYTES - 1;
+        corrupt[last] ^= 0x10; // a payload byte
+        assert_eq!(
+            plain().decode(&corrupt).expect_err("crc").reason(),
+            "bad_checksum"
+        );
+    }
+
+    #[test]
+    fn a_record_without_integrity_check_or_with_both_flags_is_refused() {
+        let mut bytes = sample(&plain());
+        bytes.truncate(bytes.len() - CHECKSUM_BYTES);
+        bytes[FLAGS_AT] = 0;
+        assert_eq!(
+            plain().decode(&bytes).expect_err("none").reason(),
+            "missing_integrity"
+        );
+        let mut both = sample(&plain());
+        both[FLAGS_AT] = FLAG_TAGGED | FLAG_CHECKSUM;
+        assert_eq!(
+            plain().decode(&both).expect_err("both").reason(),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn during_a_rotation_the_previous_key_still_verifies_but_never_signs() {
+        let old = HmacKey::from_bytes(b"the old key, 32 bytes long......").expect("key");
+        let new = HmacKey::from_bytes(b"the new key, 32 bytes long......").expect("key");
+        let old_codec = EnvelopeCodec::new(RUN, Some(old.clone()), LIMIT);
+        let rotating =
+            EnvelopeCodec::new(RUN, Some(new.clone()), LIMIT).with_previous_key(Some(old));
+        let new_only = EnvelopeCodec::new(RUN, Some(new), LIMIT);
+        let from_old = sample(&old_codec);
+        assert!(rotating.decode(&from_old).is_ok());
+        assert_eq!(
+            new_only.decode(&from_old).expect_err("old").reason(),
+            "bad_tag"
+        );
+        // What the rotating node sends verifies under the new key alone.
+        assert!(new_only.decode(&sample(&rotating)).is_ok());
+        assert_eq!(
+            old_codec
+                .decode(&sample(&rotating))
+                .expect_err("new")
+                .reason(),
+            "bad_tag"
+        );
+    }
+
     #[test]
     fn wrong_magic_is_rejected() {
         let mut bytes = sample(&plain());
@@ -636,9 +777,9 @@ mod tests {
     #[test]
     fn unknown_version_is_rejected() {
         let mut bytes = sample(&plain());
-        bytes[VERSION_AT..VERSION_AT + 2].copy_from_slice(&2u16.to_le_bytes());
+        bytes[VERSION_AT..VERSION_AT + 2].copy_from_slice(&7u16.to_le_bytes());
         let err = plain().decode(&bytes).expect_err("version");
-        assert!(matches!(err, EnvelopeError::UnsupportedVersion(2)));
+        assert!(matches!(err, EnvelopeError::UnsupportedVersion(7)));
         assert_eq!(err.reason(), "unsupported_version");
     }
 
@@ -741,7 +882,7 @@ mod tests {
     #[test]
     fn huge_declared_payload_length_is_rejected_without_allocating() {
         let mut bytes = sample(&plain());
-        let len_at = bytes.len() - b"some payload bytes".len() - 4;
+        let len_at = bytes.len() - CHECKSUM_BYTES - b"some payload bytes".len() - 4;
         bytes[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = plain().decode(&bytes).expect_err("huge");
         assert!(matches!(err, EnvelopeError::PayloadTooLarge { .. }));
@@ -777,6 +918,7 @@ mod tests {
         let mut bytes = plain().encode(MessageKind::Log, "ab", 0, b"");
         let sender_at = 8 + 2 + RUN.len() + 2;
         bytes[sender_at] = 0xFF;
+        reseal(&mut bytes);
         let err = plain().decode(&bytes).expect_err("utf8");
         assert!(err.to_string().contains("UTF-8"), "{err}");
     }

@@ -5,6 +5,7 @@
 //! * [`config`] — typed configuration (file, then `HERMES_*` environment), unknown fields rejected.
 //! * [`logging`] — one-time `tracing-subscriber` setup.
 //! * [`auth`] — the shared HMAC key, read from a file or env var (never from the JSON config).
+//! * [`runkey`] — which keys a node uses: configured, the master-made run key, or none with `kafka.insecure`.
 //! * [`envelope`] — the wire envelope: magic, version, kind, run id, sender, sequence, payload, HMAC tag.
 //! * [`chunking`] — splitting large payloads into records and reassembling them with bounded memory.
 //! * [`protocol`] — the typed messages (registration, model, shards, updates, reports, logs).
@@ -44,5 +45,6 @@ pub mod engine;
 pub mod envelope;
 pub mod logging;
 pub mod protocol;
+pub mod runkey;
 pub mod stats;
 pub mod transport;

@@ -292,6 +292,12 @@ pub enum ControlMessage {
         /// The worker addressed.
         worker_id: String,
     },
+    /// The master is alive (sent every `alive_secs`, so that a waiting
+    /// worker can tell a quiet master from a dead one).
+    Alive {
+        /// The current global version.
+        version: u64,
+    },
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub struct MasterConfig {
     /// A worker whose heartbeats stop for this many seconds is marked gone and
     /// its outstanding shard goes back to the pool.
     pub heartbeat_timeout_secs: u64,
+    /// Seconds between the master's "alive" messages on the control topic
+    /// (workers give up after their `master_timeout_secs` without any word).
+    pub alive_secs: u64,
     /// Folder for run outputs, centralized logs and status files.
     pub data_dir: PathBuf,
     /// The dataset and how it is split.
@@ -60,6 +63,7 @@ impl Default for MasterConfig {
             min_workers: 1,
             registration_timeout_secs: 120,
             heartbeat_timeout_secs: 15,
+            alive_secs: 5,
             data_dir: "data".into(),
             dataset: DatasetConfig::default(),
             model: ModelConfig::default(),
@@ -195,6 +199,7 @@ impl MasterConfig {
             self.heartbeat_timeout_secs > 0,
             "heartbeat_timeout_secs must be > 0"
         );
+        anyhow::ensure!(self.alive_secs > 0, "alive_secs must be > 0");
         anyhow::ensure!(
             self.training.epochs >= 1,
             "training.epochs must be at least 1"

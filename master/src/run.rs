@@ -65,6 +65,8 @@ struct Master {
     /// Failed probes already reported to the coordinator.
     failed_probes_seen: u64,
     last_status_write: Instant,
+    /// When the last "alive" message went out.
+    last_alive: Option<Instant>,
 }
 
 /// What the background probe saw: whether the last probe got an answer,
@@ -131,7 +133,13 @@ impl Master {
         } else {
             RunOutputs::create(&cfg, coord.policy_name())?
         };
-        let transport = Transport::connect(&cfg.kafka, &cfg.run_id, MASTER_ID)
+        let keys = common::runkey::resolve(
+            &cfg.kafka,
+            std::path::Path::new(common::runkey::DEFAULT_KEY_FILE),
+            common::runkey::WhenMissing::Create,
+        )?;
+        common::runkey::log_choice(&keys);
+        let transport = Transport::connect_with_keys(&cfg.kafka, &cfg.run_id, MASTER_ID, keys)
             .await
             .context("connect to kafka")?;
         transport
@@ -188,6 +196,7 @@ impl Master {
             broker,
             failed_probes_seen: 0,
             last_status_write: Instant::now(),
+            last_alive: None,
             cfg,
         })
     }
@@ -227,7 +236,26 @@ impl Master {
                     }
                 }
                 self.write_status(false);
+                self.say_alive().await;
             }
+        }
+    }
+
+    /// Tells the workers the master is alive, every `alive_secs`, while the
+    /// broker answers (a failure is logged; the next one tries again).
+    async fn say_alive(&mut self) {
+        let due = self
+            .last_alive
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.alive_secs));
+        if !due || !self.broker.up.load(Ordering::Relaxed) {
+            return;
+        }
+        self.last_alive = Some(Instant::now());
+        let msg = ControlMessage::Alive {
+            version: self.coord.version(),
+        };
+        if let Err(e) = self.send_control(&msg).await {
+            tracing::warn!("could not say alive: {e:#}");
         }
     }
 

@@ -152,7 +152,7 @@ fn deployed_workers_register_with_a_master_over_kafka() {
         let row = up.row(&format!("host{i}"));
         assert!(row.contains("started (pid"), "{row}");
         assert!(
-            row.contains("uploaded worker, onnxruntime, config"),
+            row.contains("uploaded worker, onnxruntime, config, run key"),
             "{row}"
         );
         assert_eq!(
@@ -272,7 +272,7 @@ fn deployed_workers_register_with_a_master_over_kafka() {
     for (i, server) in lab.servers.iter().enumerate() {
         let row = again.row(&format!("host{i}"));
         assert!(
-            row.contains("nothing uploaded (3 files unchanged)"),
+            row.contains("nothing uploaded (4 files unchanged)"),
             "{row}"
         );
         assert!(row.contains("started (pid"), "{row}");

@@ -38,7 +38,7 @@ fn up_status_stop_on_two_hosts_and_second_up_uploads_nothing() {
         assert!(row.contains(" ok "), "{row}");
         assert!(row.contains("started (pid"), "{row}");
         assert!(
-            row.contains("uploaded worker, onnxruntime, config"),
+            row.contains("uploaded worker, onnxruntime, config, run key"),
             "{row}"
         );
         assert!(row.contains("new host key recorded (SHA256:"), "{row}");
@@ -62,6 +62,13 @@ fn up_status_stop_on_two_hosts_and_second_up_uploads_nothing() {
         assert_eq!(config["worker_id"], format!("w{i}"));
         assert_eq!(config["kafka"]["brokers"], "127.0.0.1:9092");
         assert_eq!(config["training"]["local_epochs"], 2);
+        // The run key deploy made (none existed) went along, private.
+        let key = dir.join("data/hermes.key");
+        assert_eq!(
+            std::fs::read(&key).unwrap(),
+            std::fs::read(lab.path("data/hermes.key")).unwrap()
+        );
+        assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
         // No temp files left behind.
         let leftovers: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -134,7 +141,7 @@ fn up_status_stop_on_two_hosts_and_second_up_uploads_nothing() {
     for (i, pid) in pids.iter().enumerate() {
         let row = again.row(&format!("host{i}"));
         assert!(
-            row.contains("nothing uploaded (3 files unchanged)"),
+            row.contains("nothing uploaded (4 files unchanged)"),
             "{row}"
         );
         assert!(

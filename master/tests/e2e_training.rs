@@ -115,7 +115,9 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         ..Default::default()
     };
     kafka.connect_timeout_secs = 30;
-    let intruder = Transport::connect_with_key(&kafka, &c.run_id, "intruder", None)
+    // An insider: it holds the run key, so only the master's checks of
+    // content stop it.
+    let intruder = Transport::connect_with_key(&kafka, &c.run_id, "intruder", Some(c.key()))
         .await
         .expect("connect");
     intruder.create_run_topics().await.expect("topics");
@@ -214,13 +216,26 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         .await
         .expect("send");
     // Foreign: another run's envelope on this run's updates topic.
-    let foreign = Transport::connect_with_key(&kafka, "another-run", "intruder", None)
+    let foreign = Transport::connect_with_key(&kafka, "another-run", "intruder", Some(c.key()))
         .await
         .expect("connect");
     foreign
         .send(
             &updates,
             "intruder",
+            MessageKind::Update,
+            &update(newest, vec![1e3; params]),
+        )
+        .await
+        .expect("send");
+    // A forger without the key: well-formed, CRC-checked, and refused.
+    let forger = Transport::connect_with_key(&kafka, &c.run_id, "honest", None)
+        .await
+        .expect("connect");
+    forger
+        .send(
+            &updates,
+            "honest",
             MessageKind::Update,
             &update(newest, vec![1e3; params]),
         )
@@ -243,6 +258,7 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         "non_finite",
         "too_stale",
         "transport:wrong_run_id",
+        "transport:missing_tag",
     ] {
         assert!(
             by[reason].as_u64().unwrap_or(0) >= 1,

@@ -357,7 +357,7 @@ async fn run_completes_and_loses_nothing_when_a_broker_is_killed() {
         connect_timeout_secs: 30,
         ..Default::default()
     };
-    let auditor = Transport::connect_with_key(&kafka_cfg, &c.run_id, "auditor", None)
+    let auditor = Transport::connect_with_key(&kafka_cfg, &c.run_id, "auditor", Some(c.key()))
         .await
         .expect("connect the auditor");
     let mut rx = auditor

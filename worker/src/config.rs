@@ -24,6 +24,11 @@ pub struct WorkerConfig {
     pub register_retry_secs: u64,
     /// Seconds to wait for the master before giving up (0 = forever).
     pub master_wait_secs: u64,
+    /// Once registered: seconds without any message from the master (it
+    /// says it is alive every few seconds) before the worker gives up and
+    /// exits non-zero (0 = wait forever). Until then it keeps its state and
+    /// carries on when the master, or a restarted one, speaks again.
+    pub master_timeout_secs: u64,
     /// Emulated compute slowdown: after each compute step the worker idles
     /// `(slowdown - 1) ×` the time it measured, so 3.0 makes it look three
     /// times slower. 1.0 = real speed. Stated in every report.
@@ -75,6 +80,7 @@ impl Default for WorkerConfig {
             heartbeat_secs: 2,
             register_retry_secs: 2,
             master_wait_secs: 0,
+            master_timeout_secs: 300,
             slowdown: 1.0,
             emulation: None,
             work_dir: None,

@@ -44,8 +44,15 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<ExitCode> {
         (None, None)
     };
     common::logging::init(&cfg.logging.level, &cfg.worker_id, log_tx);
+    let keys = common::runkey::wait_for(
+        &cfg.kafka,
+        std::path::Path::new(common::runkey::DEFAULT_KEY_FILE),
+        Duration::from_secs(cfg.kafka.connect_timeout_secs),
+    )
+    .await?;
+    common::runkey::log_choice(&keys);
     let transport = Arc::new(
-        Transport::connect(&cfg.kafka, &cfg.run_id, &cfg.worker_id)
+        Transport::connect_with_keys(&cfg.kafka, &cfg.run_id, &cfg.worker_id, keys)
             .await
             .context("connect to kafka")?,
     );
@@ -154,6 +161,10 @@ struct Worker {
     latest_global: Option<GlobalModel>,
     pending_package: Option<ModelPackage>,
     shards: VecDeque<ShardAssignment>,
+    /// When the master was last heard (any control, model or shard record).
+    last_heard: Instant,
+    /// The current silence was reported already.
+    silence_reported: bool,
 }
 
 impl Worker {
@@ -188,6 +199,8 @@ impl Worker {
             latest_global: None,
             pending_package: None,
             shards: VecDeque::new(),
+            last_heard: Instant::now(),
+            silence_reported: false,
         }
     }
 
@@ -229,6 +242,7 @@ impl Worker {
                 self.send_status(&msg, "registration").await;
                 next_register = now + Duration::from_secs(self.cfg.register_retry_secs.max(1));
             }
+            self.check_master_silence(now)?;
             if self.welcomed && now >= next_heartbeat {
                 let hb = StatusMessage::Heartbeat {
                     worker_id: self.cfg.worker_id.clone(),
@@ -344,12 +358,51 @@ impl Worker {
             );
             return None;
         }
+        self.heard_master();
         match expected {
             MessageKind::Control => return self.handle_control(&d),
             MessageKind::Model => self.handle_global(&d),
             _ => self.handle_assignment(&d),
         }
         None
+    }
+
+    /// The master spoke: the silence, if any, is over.
+    fn heard_master(&mut self) {
+        if self.silence_reported {
+            tracing::info!(
+                "the master is heard again after {:.0} s of silence; carrying on",
+                self.last_heard.elapsed().as_secs_f64()
+            );
+            self.silence_reported = false;
+        }
+        self.last_heard = Instant::now();
+    }
+
+    /// Warns once when a registered worker has not heard the master for a
+    /// while, and gives up after `master_timeout_secs`.
+    fn check_master_silence(&mut self, now: Instant) -> anyhow::Result<()> {
+        let limit = self.cfg.master_timeout_secs;
+        if !self.welcomed || limit == 0 {
+            return Ok(());
+        }
+        let silent = now.duration_since(self.last_heard);
+        if silent >= Duration::from_secs(limit) {
+            anyhow::bail!(
+                "the master of run `{}` has been silent for {} s (no liveness, model or control message; master_timeout_secs): giving up",
+                self.cfg.run_id,
+                silent.as_secs()
+            );
+        }
+        let warn_after = Duration::from_secs((limit / 4).clamp(1, 30));
+        if silent >= warn_after && !self.silence_reported {
+            tracing::warn!(
+                "no word from the master for {} s: keeping this worker's state and waiting (a restarted master asks it to register again; giving up after {limit} s)",
+                silent.as_secs()
+            );
+            self.silence_reported = true;
+        }
+        Ok(())
     }
 
     fn handle_control(&mut self, d: &Delivery) -> Option<Exit> {
@@ -382,7 +435,7 @@ impl Worker {
                 self.welcomed = false;
                 None
             }
-            ControlMessage::Unknown { .. } => None,
+            ControlMessage::Unknown { .. } | ControlMessage::Alive { .. } => None,
             ControlMessage::Stop { reason } => {
                 tracing::info!(%reason, "master asked to stop");
                 Some(Exit::Stopped)

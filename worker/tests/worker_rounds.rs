@@ -210,9 +210,13 @@ impl FakeMaster {
     async fn start(name: &str, slowdown: f64) -> FakeMaster {
         let brokers = brokers();
         let run = format!("{name}-{}-{}", std::process::id(), rand::random::<u32>());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = dir.path().join("run.key");
+        common::runkey::create_key_file(&key_file).expect("run key");
         let kafka = KafkaConfig {
             brokers: brokers.clone(),
             connect_timeout_secs: 30,
+            hmac_key_file: Some(key_file.clone()),
             ..KafkaConfig::default()
         };
         let master = Transport::connect(&kafka, &run, "master")
@@ -228,7 +232,6 @@ impl FakeMaster {
             )
             .await
             .expect("receiver");
-        let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("worker.json");
         std::fs::write(
             &conf,
@@ -239,7 +242,7 @@ impl FakeMaster {
                 "register_retry_secs": 1,
                 "slowdown": slowdown,
                 "work_dir": dir.path().join("work"),
-                "kafka": {"brokers": brokers},
+                "kafka": {"brokers": brokers, "hmac_key_file": key_file},
             })
             .to_string(),
         )

@@ -72,6 +72,9 @@ pub enum TransportError {
     /// The HMAC key could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// No usable run key (see [`crate::runkey`]).
+    #[error(transparent)]
+    RunKey(#[from] crate::runkey::RunKeyError),
     /// A payload could not be encoded or decoded.
     #[error(transparent)]
     Protocol(#[from] protocol::ProtocolError),
@@ -108,8 +111,12 @@ impl Transport {
         run_id: &str,
         sender_id: &str,
     ) -> Result<Self, TransportError> {
-        let key = crate::auth::resolve_key(cfg.hmac_key_file.as_deref())?;
-        Self::connect_with_key(cfg, run_id, sender_id, key).await
+        let keys = crate::runkey::resolve(
+            cfg,
+            std::path::Path::new(crate::runkey::DEFAULT_KEY_FILE),
+            crate::runkey::WhenMissing::Fail,
+        )?;
+        Self::connect_with_keys(cfg, run_id, sender_id, keys).await
     }
 
     /// Like [`Transport::connect`] with an explicit HMAC key (or none).
@@ -118,6 +125,21 @@ impl Transport {
         run_id: &str,
         sender_id: &str,
         key: Option<HmacKey>,
+    ) -> Result<Self, TransportError> {
+        let keys = crate::runkey::RunKeys {
+            current: key,
+            ..Default::default()
+        };
+        Self::connect_with_keys(cfg, run_id, sender_id, keys).await
+    }
+
+    /// Like [`Transport::connect`] with keys resolved by the caller
+    /// ([`crate::runkey::resolve`]).
+    pub async fn connect_with_keys(
+        cfg: &KafkaConfig,
+        run_id: &str,
+        sender_id: &str,
+        keys: crate::runkey::RunKeys,
     ) -> Result<Self, TransportError> {
         if cfg.chunk_bytes < 1024 || cfg.chunk_bytes > 900 * 1024 {
             return Err(TransportError::Config(format!(
@@ -140,7 +162,10 @@ impl Transport {
                 source: e,
             })?;
         wait_for_broker(&producer, cfg).await?;
-        let codec = Arc::new(EnvelopeCodec::new(run_id, key, envelope_limit(cfg)));
+        let codec = Arc::new(
+            EnvelopeCodec::new(run_id, keys.current, envelope_limit(cfg))
+                .with_previous_key(keys.previous),
+        );
         tracing::info!(
             brokers = %cfg.brokers,
             run = run_id,

@@ -33,6 +33,13 @@ pub struct Cluster {
     /// `worker` binary next to the running `master` (`target/<profile>/worker`).
     #[serde(default)]
     pub binary: Option<PathBuf>,
+    /// The run key shipped to the workers (as `data/hermes.key` in each
+    /// remote directory, mode 0600). Default: `HERMES_HMAC_KEY_FILE` /
+    /// `HERMES_HMAC_KEY`, else the master's `data/hermes.key`, created when
+    /// missing. Nothing is shipped to a host whose config sets
+    /// `kafka.insecure` or its own `kafka.hmac_key_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// ONNX Runtime library for hosts without their own `ort_lib`.
     #[serde(default = "default_ort_lib")]
     pub ort_lib: PathBuf,

@@ -191,6 +191,11 @@ struct UploadSet {
     binaries: HashMap<PathBuf, Result<Arc<LocalFile>, String>>,
     ort_libs: HashMap<PathBuf, Result<Arc<LocalFile>, String>>,
     configs: HashMap<String, Result<Arc<LocalFile>, String>>,
+    /// Hosts that get the run key (their config neither is insecure nor
+    /// names its own key file).
+    keyed_hosts: std::collections::HashSet<String>,
+    /// The run key as a key file's content, when any host needs it.
+    key: Option<Result<Arc<LocalFile>, String>>,
     default_binary: PathBuf,
     default_ort: PathBuf,
 }
@@ -207,6 +212,8 @@ impl UploadSet {
             binaries: HashMap::new(),
             ort_libs: HashMap::new(),
             configs: HashMap::new(),
+            keyed_hosts: Default::default(),
+            key: None,
             default_binary: default_binary.clone(),
             default_ort: cluster.ort_lib.clone(),
         };
@@ -219,11 +226,20 @@ impl UploadSet {
             set.ort_libs.entry(ort.clone()).or_insert_with(|| {
                 read_shared(&ort, "ONNX Runtime library (run deploy/ort/install.sh)")
             });
-            let config = workerconf::generate(&base, &host.worker_id, brokers, &host.overrides)
+            let generated = workerconf::generate(&base, &host.worker_id, brokers, &host.overrides);
+            if let Ok(v) = &generated {
+                if workerconf::wants_run_key(v) {
+                    set.keyed_hosts.insert(host.name.clone());
+                }
+            }
+            let config = generated
                 .and_then(|v| Ok(serde_json::to_vec_pretty(&v)?))
                 .map(|bytes| Arc::new(LocalFile::from_bytes(bytes)))
                 .map_err(|e| format!("cannot generate the worker config: {e:#}"));
             set.configs.insert(host.name.clone(), config);
+        }
+        if !set.keyed_hosts.is_empty() {
+            set.key = Some(run_key_file(cluster));
         }
         Ok(set)
     }
@@ -244,7 +260,7 @@ impl UploadSet {
             Some(Err(e)) => bail!("{e}"),
             None => bail!("internal: config of {} not prepared", host.name),
         };
-        Ok(vec![
+        let mut files = vec![
             FileSpec {
                 label: "worker",
                 local: get(&self.binaries, &binary)?,
@@ -263,8 +279,38 @@ impl UploadSet {
                 remote: layout.config(),
                 mode: 0o644,
             },
-        ])
+        ];
+        if self.keyed_hosts.contains(&host.name) {
+            let key = match &self.key {
+                Some(Ok(file)) => file.clone(),
+                Some(Err(e)) => bail!("{e}"),
+                None => bail!("internal: run key not prepared"),
+            };
+            files.push(FileSpec {
+                label: "run key",
+                local: key,
+                remote: layout.key(),
+                mode: 0o600,
+            });
+        }
+        Ok(files)
     }
+}
+
+/// The run key the workers get (see [`inventory::Cluster::key_file`]).
+fn run_key_file(cluster: &Cluster) -> Result<Arc<LocalFile>, String> {
+    let cfg = common::config::KafkaConfig {
+        hmac_key_file: cluster.key_file.clone(),
+        ..Default::default()
+    };
+    common::runkey::resolve(
+        &cfg,
+        Path::new(common::runkey::DEFAULT_KEY_FILE),
+        common::runkey::WhenMissing::Create,
+    )
+    .map_err(|e| format!("the run key for the workers: {e}"))
+    .and_then(|keys| keys.current.ok_or_else(|| "no run key".to_string()))
+    .map(|key| Arc::new(LocalFile::from_bytes(key.to_hex().into_bytes())))
 }
 
 fn read_shared(path: &Path, what: &str) -> Result<Arc<LocalFile>, String> {
@@ -405,6 +451,9 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
         bar.set_position(0);
         bar.set_length(spec.local.content.len() as u64);
         bar.set_message(spec.label);
+        if let Some(dir) = spec.remote.parent().filter(|d| *d != layout.dir) {
+            upload::ensure_dir(&remote, dir)?;
+        }
         let outcome = upload::sync_file(&remote, &sftp, spec, &mut |n| bar.set_position(n))
             .with_context(|| format!("uploading the {}", spec.label))?;
         match outcome {

@@ -35,6 +35,10 @@ impl Layout {
     pub fn ort_lib(&self) -> PathBuf {
         self.lib_dir().join("libonnxruntime.so")
     }
+    /// The run key, where the worker looks by default (it runs in `dir`).
+    pub fn key(&self) -> PathBuf {
+        self.dir.join(common::runkey::DEFAULT_KEY_FILE)
+    }
     /// The worker's log.
     pub fn log(&self) -> PathBuf {
         self.dir.join("worker.log")

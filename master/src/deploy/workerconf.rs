@@ -36,6 +36,14 @@ pub fn generate(
     Ok(config)
 }
 
+/// Whether a generated worker config relies on the shipped run key: it is
+/// not `kafka.insecure` and names no `kafka.hmac_key_file` of its own.
+pub fn wants_run_key(config: &Value) -> bool {
+    let kafka = &config["kafka"];
+    !kafka["insecure"].as_bool().unwrap_or(false)
+        && kafka["hmac_key_file"].as_str().is_none_or(str::is_empty)
+}
+
 /// Reads the base worker config file.
 pub fn load_base(path: &std::path::Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| {
@@ -103,6 +111,16 @@ mod tests {
         let out = generate(&base, "w1", None, &json!({})).unwrap();
         assert_eq!(out["kafka"]["brokers"], "b:9092");
         assert_eq!(out["worker_id"], "w1");
+    }
+
+    #[test]
+    fn the_run_key_is_for_hosts_without_their_own_key_or_insecure() {
+        assert!(wants_run_key(&json!({"kafka": {"hmac_key_file": null}})));
+        assert!(wants_run_key(&json!({})));
+        assert!(!wants_run_key(&json!({"kafka": {"insecure": true}})));
+        assert!(!wants_run_key(
+            &json!({"kafka": {"hmac_key_file": "/etc/hermes.key"}})
+        ));
     }
 
     #[test]

@@ -336,7 +336,14 @@ pub fn start_workers_in_nodes(
         if let Some(o) = &n.overrides {
             crate::deploy::workerconf::deep_merge(&mut fixed, o);
         }
-        let config = crate::deploy::workerconf::generate(&base, &n.name, Some(&bootstrap), &fixed)?;
+        let mut config =
+            crate::deploy::workerconf::generate(&base, &n.name, Some(&bootstrap), &fixed)?;
+        if crate::deploy::workerconf::wants_run_key(&config) {
+            // The master's run key, named absolutely: the worker may run
+            // anywhere, it reads the same file.
+            let key = run_key_path()?;
+            config["kafka"]["hmac_key_file"] = key.display().to_string().into();
+        }
         let conf_path = dir.join("worker.json");
         std::fs::write(&conf_path, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("{}: cannot write", conf_path.display()))?;
@@ -355,6 +362,16 @@ pub fn start_workers_in_nodes(
         children.push(child);
     }
     Ok(children)
+}
+
+/// The absolute path of the default run key, created when missing.
+fn run_key_path() -> anyhow::Result<PathBuf> {
+    let path = std::path::absolute(common::runkey::DEFAULT_KEY_FILE)
+        .context("the run key's absolute path")?;
+    if !path.exists() {
+        common::runkey::create_key_file(&path)?;
+    }
+    Ok(path)
 }
 
 /// Removes testbed `name`: processes, broker, veths, namespaces, bridge,

@@ -206,6 +206,11 @@ impl Cluster {
         master["registration_timeout_secs"] = 120.into();
         master["stop"]["max_wall_secs"] = 240.into();
         edit(&mut master);
+        // The run key, as a user makes one (`openssl rand -hex 32`); master
+        // and workers find it at the default path, tests' own clients read
+        // it with `key()`.
+        common::runkey::create_key_file(&dir.path().join(common::runkey::DEFAULT_KEY_FILE))
+            .expect("create the run key");
         let master_conf = dir.path().join("master.json");
         std::fs::write(
             &master_conf,
@@ -242,6 +247,12 @@ impl Cluster {
             path.display()
         );
         path
+    }
+
+    /// The run's key (what master and workers sign with).
+    pub fn key(&self) -> common::auth::HmacKey {
+        common::auth::HmacKey::from_file(self.dir.path().join(common::runkey::DEFAULT_KEY_FILE))
+            .expect("the run key")
     }
 
     /// Starts the master.
