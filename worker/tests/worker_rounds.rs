@@ -208,6 +208,11 @@ impl FakeMaster {
     /// Starts a fake master and the worker binary (id `edge-7`, config id
     /// `worker-x` overridden by `--id`) with the given slowdown.
     async fn start(name: &str, slowdown: f64) -> FakeMaster {
+        Self::start_with(name, slowdown, serde_json::json!({})).await
+    }
+
+    /// Like [`FakeMaster::start`], with `extra` merged into the worker config.
+    async fn start_with(name: &str, slowdown: f64, extra: serde_json::Value) -> FakeMaster {
         let brokers = brokers();
         let run = format!("{name}-{}-{}", std::process::id(), rand::random::<u32>());
         let dir = tempfile::tempdir().expect("temp dir");
@@ -233,9 +238,7 @@ impl FakeMaster {
             .await
             .expect("receiver");
         let conf = dir.path().join("worker.json");
-        std::fs::write(
-            &conf,
-            serde_json::json!({
+        let mut config = serde_json::json!({
                 "run_id": run,
                 "worker_id": "worker-x",
                 "heartbeat_secs": 1,
@@ -243,10 +246,11 @@ impl FakeMaster {
                 "slowdown": slowdown,
                 "work_dir": dir.path().join("work"),
                 "kafka": {"brokers": brokers, "hmac_key_file": key_file},
-            })
-            .to_string(),
-        )
-        .expect("write config");
+        });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        std::fs::write(&conf, config.to_string()).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("worker.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_worker"))
             .args(["--conf".as_ref(), conf.as_os_str()])
@@ -582,4 +586,29 @@ async fn busy_worker_heartbeats_and_leaves_on_sigterm() {
         m.seen.reports.is_empty(),
         "the aborted round sends no report"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_master_is_waited_for_then_given_up_on() {
+    let mut m = FakeMaster::start_with(
+        "silent-master",
+        1.0,
+        serde_json::json!({"master_timeout_secs": 8}),
+    )
+    .await;
+    m.welcome().await;
+    // Quiet, then an "alive": the worker's silence clock starts again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    m.control(ControlMessage::Alive { version: 0 }).await;
+    let alive_at = Instant::now();
+    let status = m.exit_status(Duration::from_secs(40));
+    let log = m.worker_log();
+    assert!(!status.success(), "gave up, non-zero: {status}\n{log}");
+    assert!(
+        alive_at.elapsed() >= Duration::from_secs(6),
+        "the alive message did not count: exited {:?} after it\n{log}",
+        alive_at.elapsed()
+    );
+    assert!(log.contains("no word from the master"), "{log}");
+    assert!(log.contains("has been silent for"), "{log}");
 }
