@@ -467,11 +467,15 @@ impl Coordinator {
             StatusMessage::Heartbeat {
                 worker_id,
                 incarnation,
+                rejected,
                 ..
             } => {
                 if worker_id != sender {
                     self.reject("sender_mismatch", sender, "heartbeat for another worker");
-                } else if !self.workers.touch_at(&worker_id, incarnation, now) {
+                } else if self.workers.touch_at(&worker_id, incarnation, now) {
+                    self.workers
+                        .record_worker_rejections(&worker_id, incarnation, &rejected);
+                } else {
                     // An incarnation we do not know (gone, or the master
                     // restarted): it must register again.
                     tracing::info!(worker = %worker_id, "heartbeat from an unregistered incarnation: telling it to register");

@@ -52,6 +52,28 @@ pub struct WorkerStats {
     pub registrations: u64,
     /// Times it was marked gone.
     pub times_gone: u64,
+    /// Records the worker rejected, by reason, summed over its earlier
+    /// processes (incarnations).
+    #[serde(default)]
+    pub rejected_earlier: BTreeMap<String, u64>,
+    /// The same for its current process, as its latest heartbeat said.
+    #[serde(default)]
+    pub rejected_now: BTreeMap<String, u64>,
+}
+
+/// Most distinct reasons kept per worker (its heartbeat is untrusted input).
+pub const MAX_REJECTION_REASONS: usize = 32;
+
+impl WorkerStats {
+    /// Records the worker rejected, by reason, over all its processes.
+    pub fn rejected_by_worker(&self) -> BTreeMap<String, u64> {
+        let mut all = self.rejected_earlier.clone();
+        for (reason, n) in &self.rejected_now {
+            let e = all.entry(reason.clone()).or_insert(0);
+            *e = e.saturating_add(*n);
+        }
+        all
+    }
 }
 
 /// A worker as a checkpoint keeps it.
@@ -97,12 +119,21 @@ impl WorkerRegistry {
                 Joined::Repeat
             }
             Some(w) => {
+                let previous_incarnation = w.registration.incarnation;
                 w.registration = reg;
                 w.active = true;
                 w.busy = false;
                 w.last_seen = now;
                 w.last_seen_ms = common::protocol::now_ms();
                 w.stats.registrations += 1;
+                if w.registration.incarnation != previous_incarnation {
+                    // A new process: the old one's counts are final.
+                    let done = std::mem::take(&mut w.stats.rejected_now);
+                    for (reason, n) in done {
+                        let e = w.stats.rejected_earlier.entry(reason).or_insert(0);
+                        *e = e.saturating_add(n);
+                    }
+                }
                 Joined::Rejoined
             }
             None => {
@@ -160,6 +191,34 @@ impl WorkerRegistry {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Takes the rejection counts of a heartbeat from `id`'s current
+    /// incarnation (counts only grow within a process; reasons must be
+    /// short snake_case words, at most [`MAX_REJECTION_REASONS`] kept).
+    pub fn record_worker_rejections(
+        &mut self,
+        id: &str,
+        incarnation: u64,
+        counts: &BTreeMap<String, u64>,
+    ) {
+        let Some(w) = self.current(id, incarnation) else {
+            return;
+        };
+        let plausible = |r: &str| {
+            !r.is_empty()
+                && r.len() <= 64
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+        };
+        let now = &mut w.stats.rejected_now;
+        for (reason, n) in counts.iter().filter(|(r, _)| plausible(r)) {
+            if now.len() >= MAX_REJECTION_REASONS && !now.contains_key(reason) {
+                continue;
+            }
+            let e = now.entry(reason.clone()).or_insert(0);
+            *e = (*e).max(*n);
         }
     }
 

@@ -273,6 +273,7 @@ impl RunOutputs {
                         } else {
                             0.0
                         },
+                        rejected_by_worker: st.rejected_by_worker(),
                     },
                 )
             })

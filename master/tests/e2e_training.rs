@@ -144,6 +144,7 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         worker_id: "intruder".into(),
         incarnation,
         model_version: 0,
+        rejected: Default::default(),
     };
     // Wait for the first global versions (the run has started, the intruder is
     // known). Like a real worker, it repeats its registration until the master

@@ -248,6 +248,7 @@ impl Worker {
                     worker_id: self.cfg.worker_id.clone(),
                     incarnation: self.registration.incarnation,
                     model_version: self.base_version,
+                    rejected: self.transport.metrics().snapshot().rejected,
                 };
                 self.send_status(&hb, "heartbeat").await;
                 next_heartbeat = now + Duration::from_secs(self.cfg.heartbeat_secs);

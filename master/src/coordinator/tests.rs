@@ -273,6 +273,7 @@ fn a_silent_worker_is_gone_but_not_while_the_broker_is_unreachable() {
             worker_id: id.into(),
             incarnation: inc,
             model_version: 0,
+            rejected: Default::default(),
         },
     };
     c.handle(hb("w1", 1), t + Duration::from_secs(10));
@@ -294,6 +295,7 @@ fn a_run_without_new_versions_stops_as_no_progress() {
             worker_id: "w1".into(),
             incarnation: 1,
             model_version: 0,
+            rejected: Default::default(),
         },
     };
     for s in (5..30).step_by(5) {
@@ -318,4 +320,46 @@ fn hb_clone(e: &Event) -> Event {
         },
         _ => unreachable!(),
     }
+}
+
+#[test]
+fn worker_rejections_are_kept_per_process_and_summed_over_restarts() {
+    let t0 = Instant::now();
+    let mut c = started("asp", &["w1"], t0);
+    let hb = |inc, counts: &[(&str, u64)]| Event::Status {
+        sender: "w1".into(),
+        msg: StatusMessage::Heartbeat {
+            worker_id: "w1".into(),
+            incarnation: inc,
+            model_version: 0,
+            rejected: counts.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        },
+    };
+    c.handle(hb(1, &[("bad_tag", 2)]), t0 + Duration::from_secs(1));
+    // Counts only grow within a process; a junk reason is not kept.
+    c.handle(
+        hb(1, &[("bad_tag", 3), ("<img src=x>", 9)]),
+        t0 + Duration::from_secs(2),
+    );
+    let stats = |c: &Coordinator| {
+        c.workers()
+            .all()
+            .find(|(id, _)| id.as_str() == "w1")
+            .map(|(_, w)| w.stats.rejected_by_worker())
+            .unwrap_or_default()
+    };
+    assert_eq!(stats(&c), [("bad_tag".to_string(), 3)].into());
+    // The process restarts: its counts start again and add up.
+    c.handle(reg("w1", 2), t0 + Duration::from_secs(3));
+    c.handle(
+        hb(2, &[("bad_tag", 1), ("malformed", 4)]),
+        t0 + Duration::from_secs(4),
+    );
+    assert_eq!(
+        stats(&c),
+        [("bad_tag".to_string(), 4), ("malformed".to_string(), 4)].into()
+    );
+    // A heartbeat from the dead process changes nothing.
+    c.handle(hb(1, &[("bad_tag", 100)]), t0 + Duration::from_secs(5));
+    assert_eq!(stats(&c)["bad_tag"], 4);
 }

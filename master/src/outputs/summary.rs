@@ -63,6 +63,10 @@ pub struct WorkerSummary {
     pub shards_received: u64,
     /// Mean shard size (samples).
     pub mean_shard_size: f64,
+    /// Records this worker rejected (what it received from the master or a
+    /// forger), by reason, as its heartbeats reported them.
+    #[serde(default)]
+    pub rejected_by_worker: BTreeMap<String, u64>,
 }
 
 /// Everything summary.json holds.
@@ -107,6 +111,9 @@ pub struct RunSummary {
     pub updates_rejected: u64,
     /// Updates rejected, by reason.
     pub updates_rejected_by_reason: BTreeMap<String, u64>,
+    /// Records the workers rejected, by reason, all workers together.
+    #[serde(default)]
+    pub worker_rejections_by_reason: BTreeMap<String, u64>,
     /// Per worker id.
     pub workers: BTreeMap<String, WorkerSummary>,
     /// How compute heterogeneity was emulated.
@@ -173,6 +180,16 @@ impl RunSummary {
             updates_rejected: totals.rejected_by_reason.values().sum(),
             updates_rejected_by_reason: totals.rejected_by_reason,
             heterogeneity: heterogeneity_note(&totals.workers),
+            worker_rejections_by_reason: totals.workers.values().fold(
+                BTreeMap::new(),
+                |mut all, w| {
+                    for (reason, n) in &w.rejected_by_worker {
+                        let e = all.entry(reason.clone()).or_insert(0);
+                        *e = e.saturating_add(*n);
+                    }
+                    all
+                },
+            ),
             workers: totals.workers,
             config: totals.config,
         }
@@ -237,6 +254,14 @@ impl RunSummary {
                 format!(" ({})", reasons.join(", "))
             }
         );
+        if !self.worker_rejections_by_reason.is_empty() {
+            let reasons: Vec<String> = self
+                .worker_rejections_by_reason
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            let _ = writeln!(out, "rejected by workers: {}", reasons.join(", "));
+        }
         let _ = writeln!(out, "heterogeneity: {}", self.heterogeneity);
         let header = [
             "WORKER",
@@ -437,6 +462,7 @@ mod tests {
                 updates_rejected: 0,
                 shards_received: 10,
                 mean_shard_size: 500.0,
+                rejected_by_worker: [("bad_tag".to_string(), 2)].into(),
             },
         );
         RunTotals {
@@ -500,6 +526,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(json["heterogeneity"], HETEROGENEITY_NOTE);
         assert_eq!(json["workers"]["w1"]["major_rounds"], 4);
+        assert_eq!(json["worker_rejections_by_reason"]["bad_tag"], 2);
         assert_eq!(json["config"]["min_workers"], 3);
         check_agreement(dir.path()).unwrap();
     }
