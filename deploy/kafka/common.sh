@@ -17,6 +17,12 @@
 #                          bind (e.g. 0.0.0.0:19094); off when empty       default ''
 #   KAFKA_EXTERNAL_ADVERTISED  host:port that listener tells clients (the address the
 #                          devices reach); default: KAFKA_EXTERNAL_LISTENER
+#   KAFKA_TLS_DIR          ca.pem + broker.pem as deploy/kafka/tls.sh makes them;
+#                          needed by the two TLS listeners below       default ''
+#   KAFKA_SSL_PORT         a TLS (SSL) client listener on KAFKA_HOST     default '' (off)
+#   KAFKA_SASL_SSL_PORT    a SASL/SCRAM-SHA-512 over TLS listener        default '' (off)
+#   KAFKA_SCRAM_USERS      "name:password ..." SCRAM-SHA-512 users, created when the
+#                          storage is formatted (first start)          default ''
 
 kafka_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$kafka_dir/../.." && pwd)"
@@ -33,6 +39,10 @@ KAFKA_CDS="${KAFKA_CDS:-1}"
 KAFKA_EXTRA_PROPS="${KAFKA_EXTRA_PROPS:-}"
 KAFKA_EXTERNAL_LISTENER="${KAFKA_EXTERNAL_LISTENER:-}"
 KAFKA_EXTERNAL_ADVERTISED="${KAFKA_EXTERNAL_ADVERTISED:-$KAFKA_EXTERNAL_LISTENER}"
+KAFKA_TLS_DIR="${KAFKA_TLS_DIR:-}"
+KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-}"
+KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-}"
+KAFKA_SCRAM_USERS="${KAFKA_SCRAM_USERS:-}"
 
 pid_file="$KAFKA_STATE_DIR/broker.pid"
 log_file="$KAFKA_STATE_DIR/broker.log"

@@ -51,6 +51,8 @@ if [ -n "$cluster_size" ]; then
     cluster_ports_setup "$n"
     [ -z "$KAFKA_EXTERNAL_LISTENER" ] \
         || die "KAFKA_EXTERNAL_LISTENER is not supported with --cluster (each broker would need its own external port)"
+    [ -z "$KAFKA_SSL_PORT$KAFKA_SASL_SSL_PORT" ] \
+        || die "KAFKA_SSL_PORT / KAFKA_SASL_SSL_PORT are not supported with --cluster"
     hosts=""
     for i in $(seq "$n"); do hosts="$hosts${hosts:+,}$KAFKA_HOST:${cluster_ports[i-1]}"; done
     if [ "$check_only" = 1 ]; then
@@ -177,6 +179,41 @@ if [ -n "$KAFKA_EXTERNAL_LISTENER" ]; then
     advertised="$advertised,EXTERNAL://$KAFKA_EXTERNAL_ADVERTISED"
     protocols="$protocols,EXTERNAL:PLAINTEXT"
 fi
+tls_props=""
+if [ -n "$KAFKA_SSL_PORT$KAFKA_SASL_SSL_PORT" ]; then
+    [ -n "$KAFKA_TLS_DIR" ] || die "KAFKA_SSL_PORT / KAFKA_SASL_SSL_PORT need KAFKA_TLS_DIR (make one with deploy/kafka/tls.sh DIR)"
+    for f in ca.pem broker.pem; do
+        [ -s "$KAFKA_TLS_DIR/$f" ] || die "$KAFKA_TLS_DIR/$f is missing (make it with deploy/kafka/tls.sh $KAFKA_TLS_DIR)"
+    done
+    tls_dir="$(cd "$KAFKA_TLS_DIR" && pwd)"
+    tls_props="ssl.keystore.type=PEM
+ssl.keystore.location=$tls_dir/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls_dir/ca.pem
+ssl.client.auth=none"
+    if [ -n "$KAFKA_SSL_PORT" ]; then
+        check_port_value KAFKA_SSL_PORT "$KAFKA_SSL_PORT"
+        listeners="$listeners,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT"
+        advertised="$advertised,SSL://$KAFKA_HOST:$KAFKA_SSL_PORT"
+        protocols="$protocols,SSL:SSL"
+    fi
+    if [ -n "$KAFKA_SASL_SSL_PORT" ]; then
+        check_port_value KAFKA_SASL_SSL_PORT "$KAFKA_SASL_SSL_PORT"
+        listeners="$listeners,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT"
+        advertised="$advertised,SASL_SSL://$KAFKA_HOST:$KAFKA_SASL_SSL_PORT"
+        protocols="$protocols,SASL_SSL:SASL_SSL"
+        tls_props="$tls_props
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    fi
+fi
+scram_args=()
+for user in $KAFKA_SCRAM_USERS; do
+    case "$user" in
+        ?*:?*) scram_args+=(--add-scram "SCRAM-SHA-512=[name=\"${user%%:*}\",password=\"${user#*:}\"]") ;;
+        *) die "KAFKA_SCRAM_USERS entries must be name:password, got '$user'" ;;
+    esac
+done
 
 mkdir -p "$KAFKA_DATA_DIR" || die "cannot create KAFKA_DATA_DIR $KAFKA_DATA_DIR"
 
@@ -226,6 +263,9 @@ group.initial.rebalance.delay.ms=0
 # Topics are created explicitly through the admin API.
 auto.create.topics.enable=false
 PROPS
+if [ -n "$tls_props" ]; then
+    printf '\n# TLS (KAFKA_TLS_DIR)\n%s\n' "$tls_props" >>"$props_file"
+fi
 if [ -n "$KAFKA_EXTRA_PROPS" ]; then
     echo "# KAFKA_EXTRA_PROPS" >>"$props_file"
     for kv in $KAFKA_EXTRA_PROPS; do
@@ -255,7 +295,7 @@ if [ ! -f "$KAFKA_DATA_DIR/meta.properties" ]; then
     fi
     if ! java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "$log4j_opt" \
             -cp "$kafka_dir/lib/*" kafka.tools.StorageTool format \
-            -t "$cluster_id" -c "$props_file" >>"$log_file" 2>&1 9>&-; then
+            -t "$cluster_id" -c "$props_file" "${scram_args[@]}" >>"$log_file" 2>&1 9>&-; then
         tail -n 20 "$log_file" >&2 || true
         die "formatting the storage in $KAFKA_DATA_DIR failed (log above)"
     fi

@@ -1,10 +1,50 @@
 //! The librdkafka client settings, built in one visible place from config.
 
-use rdkafka::config::ClientConfig;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
 
 use crate::config::KafkaConfig;
 
 use super::TransportError;
+
+/// The producer's client context: librdkafka's errors (a failed TLS
+/// handshake, refused credentials, an unreachable broker) go to the log and
+/// the last one is kept, so that "cannot connect" can say why.
+#[derive(Clone, Default)]
+pub struct ErrorContext {
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl ErrorContext {
+    /// The last error librdkafka reported, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+impl ClientContext for ErrorContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::debug!(facility = fac, "librdkafka: {log_message}")
+            }
+            _ => tracing::trace!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!("librdkafka error: {error}: {reason}");
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+}
 
 /// Settings shared by every client: brokers, security and pass-through properties.
 fn base(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfig, TransportError> {

@@ -94,7 +94,7 @@ pub struct SendReport {
 /// A connection to the Kafka cluster for one node of one run.
 pub struct Transport {
     cfg: KafkaConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<client::ErrorContext>,
     admin: AdminClient<DefaultClientContext>,
     codec: Arc<EnvelopeCodec>,
     topics: Topics,
@@ -148,9 +148,10 @@ impl Transport {
                 900 * 1024
             )));
         }
-        let producer: FutureProducer =
+        let errors = client::ErrorContext::default();
+        let producer: FutureProducer<client::ErrorContext> =
             client::producer_config(cfg, sender_id)?
-                .create()
+                .create_with_context(errors.clone())
                 .map_err(|e| TransportError::Kafka {
                     context: "create producer".into(),
                     source: e,
@@ -161,7 +162,7 @@ impl Transport {
                 context: "create admin client".into(),
                 source: e,
             })?;
-        wait_for_broker(&producer, cfg).await?;
+        wait_for_broker(&producer, &errors, cfg).await?;
         let codec = Arc::new(
             EnvelopeCodec::new(run_id, keys.current, envelope_limit(cfg))
                 .with_previous_key(keys.previous),
@@ -493,7 +494,7 @@ fn initial_sequence() -> u64 {
 /// Asks the cluster for one topic's metadata; see [`Transport::probe`].
 #[derive(Clone)]
 pub struct BrokerProbe {
-    producer: FutureProducer,
+    producer: FutureProducer<client::ErrorContext>,
     topic: String,
 }
 
@@ -514,7 +515,8 @@ impl BrokerProbe {
 }
 
 async fn wait_for_broker(
-    producer: &FutureProducer,
+    producer: &FutureProducer<client::ErrorContext>,
+    errors: &client::ErrorContext,
     cfg: &KafkaConfig,
 ) -> Result<(), TransportError> {
     let started = Instant::now();
@@ -529,11 +531,16 @@ async fn wait_for_broker(
                 .map(|_| ())
         })
         .await;
-        let err = match attempt {
+        let mut err = match attempt {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
+        // The metadata error says only "broker transport failure"; the
+        // client's own last error says why (TLS, authentication, refused).
+        if let Some(why) = errors.last_error() {
+            err = format!("{err}; {why}");
+        }
         if started.elapsed() >= deadline {
             return Err(TransportError::Unreachable {
                 brokers: cfg.brokers.clone(),

@@ -172,6 +172,8 @@ pub struct Cluster {
     pub brokers: String,
     master_conf: PathBuf,
     worker_conf: PathBuf,
+    /// Environment variables master and workers get (e.g. a SASL password).
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -236,6 +238,7 @@ impl Cluster {
             brokers,
             master_conf,
             worker_conf,
+            env: Vec::new(),
         }
     }
 
@@ -255,9 +258,24 @@ impl Cluster {
             .expect("the run key")
     }
 
+    /// Changes the worker config (conf/worker.json with the test's run id
+    /// and brokers) with `edit`.
+    pub fn edit_worker(&self, edit: impl FnOnce(&mut Value)) {
+        let mut worker: Value =
+            serde_json::from_slice(&std::fs::read(&self.worker_conf).expect("read worker.json"))
+                .expect("parse worker.json");
+        edit(&mut worker);
+        std::fs::write(
+            &self.worker_conf,
+            serde_json::to_vec_pretty(&worker).expect("json"),
+        )
+        .expect("write worker.json");
+    }
+
     /// Starts the master.
     pub fn master(&self) -> Proc {
         let mut cmd = Command::new(Self::binary("master"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--conf")
             .arg(&self.master_conf)
             .current_dir(self.dir.path());
@@ -267,6 +285,7 @@ impl Cluster {
     /// Starts worker `id` with an emulated `slowdown`.
     pub fn worker(&self, id: &str, slowdown: f64) -> Proc {
         let mut cmd = Command::new(Self::binary("worker"));
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--conf")
             .arg(&self.worker_conf)
             .arg("--id")
