@@ -135,15 +135,13 @@ async fn round_trip(cfg: &KafkaConfig, run: &str) {
     t.send(&topic, "tls-client", MessageKind::Control, &msg)
         .await
         .expect("send over TLS");
-    let got = loop {
-        match rx
-            .recv_timeout(Duration::from_secs(30))
-            .await
-            .expect("recv")
-        {
-            Some(d) => break d.decode::<ControlMessage>(1024).expect("decode"),
-            None => panic!("nothing arrived over TLS"),
-        }
+    let got = match rx
+        .recv_timeout(Duration::from_secs(30))
+        .await
+        .expect("recv")
+    {
+        Some(d) => d.decode::<ControlMessage>(1024).expect("decode"),
+        None => panic!("nothing arrived over TLS within 30 s"),
     };
     assert_eq!(got, msg);
 }
