@@ -11,6 +11,7 @@
 pub mod client;
 pub mod metrics;
 mod receiver;
+pub mod replay;
 pub mod topics;
 
 use std::sync::atomic::{AtomicU64, Ordering};

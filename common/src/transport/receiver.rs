@@ -69,6 +69,8 @@ pub struct Receiver {
     /// First offset of each unfinished transfer, so commits never skip past it.
     pending_first_offset: HashMap<TransferKey, i64>,
     last_expiry: Instant,
+    /// What was delivered, so that a copy of a record is refused.
+    replay: super::replay::ReplayGuard,
 }
 
 impl Receiver {
@@ -103,6 +105,7 @@ impl Receiver {
             metrics,
             pending_first_offset: HashMap::new(),
             last_expiry: Instant::now(),
+            replay: Default::default(),
         })
     }
 
@@ -162,6 +165,13 @@ impl Receiver {
                 }
             };
             if envelope.kind != MessageKind::Chunk {
+                if !self
+                    .replay
+                    .admit(&topic, envelope.sender, envelope.sequence)
+                {
+                    self.reject_replay(&topic, partition, offset, envelope.sender);
+                    continue;
+                }
                 self.metrics.delivered();
                 return Ok(Some(Delivery {
                     kind: envelope.kind,
@@ -187,6 +197,13 @@ impl Receiver {
                     continue;
                 }
             };
+            if self
+                .replay
+                .is_replay(&topic, envelope.sender, envelope.sequence)
+            {
+                self.reject_replay(&topic, partition, offset, envelope.sender);
+                continue;
+            }
             let key: TransferKey = (
                 topic.clone(),
                 partition,
@@ -203,6 +220,13 @@ impl Receiver {
                 Ok(None) => continue,
                 Ok(Some((kind, payload))) => {
                     self.pending_first_offset.remove(&key);
+                    if !self
+                        .replay
+                        .admit(&topic, envelope.sender, envelope.sequence)
+                    {
+                        self.reject_replay(&topic, partition, offset, envelope.sender);
+                        continue;
+                    }
                     self.metrics.delivered();
                     return Ok(Some(Delivery {
                         kind,
@@ -222,6 +246,19 @@ impl Receiver {
                 }
             }
         }
+    }
+
+    /// Counts and logs a record refused as a copy of one delivered before.
+    fn reject_replay(&self, topic: &str, partition: i32, offset: i64, sender: &str) {
+        self.metrics.reject("replayed");
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            sender,
+            reason = "replayed",
+            "rejected record: its sequence was delivered before (a copy)"
+        );
     }
 
     /// Drops unfinished transfers older than the reassembly timeout.

@@ -57,7 +57,7 @@ pub fn require_setup() {
 /// A process whose stderr lines are collected, killed on drop.
 pub struct Proc {
     pub name: String,
-    child: Child,
+    pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
