@@ -290,7 +290,13 @@ impl Coordinator {
         &self.global
     }
 
-    /// The global version.
+    /// The worker of the last applied update (who made the current
+    /// version under hermes, ASP and SSP; the last of several under BSP).
+    pub fn last_applied_by(&self) -> Option<String> {
+        self.ledger.applied().last().map(|e| e.worker.clone())
+    }
+
+    /// The current global version.
     pub fn version(&self) -> u64 {
         self.version
     }

@@ -67,6 +67,9 @@ struct Master {
     last_status_write: Instant,
     /// When the last "alive" message went out.
     last_alive: Option<Instant>,
+    /// What judging the checkpointed version on resume asked for (a stop,
+    /// when the dead master had reached its goal), done first.
+    resumed_actions: Vec<Action>,
 }
 
 /// What the background probe saw: whether the last probe got an answer,
@@ -182,7 +185,7 @@ impl Master {
             ..Default::default()
         });
         spawn_broker_probe(&transport, broker.clone());
-        Ok(Self {
+        let mut master = Self {
             transport,
             rx,
             log_rx,
@@ -197,12 +200,21 @@ impl Master {
             failed_probes_seen: 0,
             last_status_write: Instant::now(),
             last_alive: None,
+            resumed_actions: Vec::new(),
             cfg,
-        })
+        };
+        if resume {
+            master.judge_checkpointed_version()?;
+        }
+        Ok(master)
     }
 
     /// The main loop; returns why it ended.
     async fn run_to_end(&mut self) -> anyhow::Result<StopReason> {
+        let resumed = std::mem::take(&mut self.resumed_actions);
+        if let Some(reason) = self.execute(resumed).await? {
+            return Ok(reason);
+        }
         let mut next_tick = Instant::now();
         loop {
             self.drain_own_logs();
@@ -417,6 +429,31 @@ impl Master {
         self.transport
             .send(&topics.control(), MASTER_ID, MessageKind::Control, msg)
             .await?;
+        Ok(())
+    }
+
+    /// On resume, evaluates the checkpointed global as if it were new: a
+    /// crash between a version's checkpoint and its metrics row left that
+    /// row missing (it is written now, so metrics.csv has every version
+    /// once), and a master killed after reaching its goal but before
+    /// writing the summary stops at once instead of waiting for workers
+    /// it already sent home.
+    fn judge_checkpointed_version(&mut self) -> anyhow::Result<()> {
+        let version = self.coord.version();
+        let test = self.evaluate()?;
+        let missing = match self.outputs.last_recorded_version() {
+            Some(last) => last < version,
+            None => version > 0,
+        };
+        if missing {
+            tracing::warn!(
+                version,
+                "version {version} was checkpointed but is not in metrics.csv (the master died in between): recording it now"
+            );
+            let by = self.coord.last_applied_by().unwrap_or_default();
+            self.record_version(test, &by)?;
+        }
+        self.resumed_actions = self.coord.evaluated(test, Instant::now());
         Ok(())
     }
 

@@ -143,6 +143,11 @@ impl RunOutputs {
         self.run_dir.clone()
     }
 
+    /// The newest version in metrics.csv, if any.
+    pub fn last_recorded_version(&self) -> Option<u64> {
+        self.metrics.last().map(|r| r.version)
+    }
+
     /// Appends the metrics row of a new global version.
     pub fn record_version(
         &mut self,

@@ -615,6 +615,10 @@ fn control_seeds() -> Vec<Vec<u8>> {
             reason: "target accuracy reached".into(),
         },
         ControlMessage::Stop { reason: "".into() },
+        ControlMessage::Unknown {
+            worker_id: "worker-1".into(),
+        },
+        ControlMessage::Alive { version: 42 },
     ])
 }
 
