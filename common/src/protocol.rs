@@ -129,9 +129,10 @@ pub enum StatusMessage {
         incarnation: u64,
         /// The global version the worker trains from.
         model_version: u64,
-        /// Records this worker process rejected so far, by reason (what
-        /// its transport and its own checks refused).
-        rejected: std::collections::BTreeMap<String, u64>,
+        /// Records this worker process rejected so far: (reason, count)
+        /// pairs (what its transport and its own checks refused). A list,
+        /// not a map, so that every encoding decodes to itself.
+        rejected: Vec<(String, u64)>,
     },
     /// What a finished round did.
     RoundReport(RoundReport),

@@ -201,7 +201,7 @@ impl WorkerRegistry {
         &mut self,
         id: &str,
         incarnation: u64,
-        counts: &BTreeMap<String, u64>,
+        counts: &[(String, u64)],
     ) {
         let Some(w) = self.current(id, incarnation) else {
             return;
@@ -214,11 +214,12 @@ impl WorkerRegistry {
         };
         let now = &mut w.stats.rejected_now;
         for (reason, n) in counts.iter().filter(|(r, _)| plausible(r)) {
+            let n = *n;
             if now.len() >= MAX_REJECTION_REASONS && !now.contains_key(reason) {
                 continue;
             }
             let e = now.entry(reason.clone()).or_insert(0);
-            *e = (*e).max(*n);
+            *e = (*e).max(n);
         }
     }
 

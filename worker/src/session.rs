@@ -248,7 +248,13 @@ impl Worker {
                     worker_id: self.cfg.worker_id.clone(),
                     incarnation: self.registration.incarnation,
                     model_version: self.base_version,
-                    rejected: self.transport.metrics().snapshot().rejected,
+                    rejected: self
+                        .transport
+                        .metrics()
+                        .snapshot()
+                        .rejected
+                        .into_iter()
+                        .collect(),
                 };
                 self.send_status(&hb, "heartbeat").await;
                 next_heartbeat = now + Duration::from_secs(self.cfg.heartbeat_secs);

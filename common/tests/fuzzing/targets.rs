@@ -500,7 +500,7 @@ fn sample_status() -> Vec<StatusMessage> {
             worker_id: "w".into(),
             incarnation: 7,
             model_version: 42,
-            rejected: [("bad_tag".to_string(), 3), ("malformed".to_string(), 1)].into(),
+            rejected: vec![("bad_tag".to_string(), 3), ("malformed".to_string(), 1)],
         },
         StatusMessage::RoundReport(RoundReport {
             worker_id: "worker-2".into(),
