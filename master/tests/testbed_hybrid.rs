@@ -198,6 +198,14 @@ fn emulated_nodes_and_a_real_device_train_in_one_run() {
     let cluster = lab.write_cluster_with(vec![host], worker.clone(), ort);
     let mut inventory: Value = serde_json::from_slice(&std::fs::read(&cluster).unwrap()).unwrap();
     inventory["brokers"] = external.clone().into();
+    // The master runs in the repository (its run key is data/hermes.key
+    // there, made when the testbed started its workers); deploy runs in the
+    // lab's folder, so it is told which key to ship.
+    inventory["key_file"] = repo()
+        .join(common::runkey::DEFAULT_KEY_FILE)
+        .display()
+        .to_string()
+        .into();
     std::fs::write(&cluster, serde_json::to_vec_pretty(&inventory).unwrap()).unwrap();
     let deployed = lab.deploy(&cluster, &["up"]);
     assert_eq!(deployed.code, 0, "deploy up failed");
