@@ -8,47 +8,10 @@
 
 mod cluster;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cluster::{workspace, Cluster};
-
-/// A broker of this test's own, stopped on drop.
-struct Broker {
-    state_dir: PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    fn env(&self, cmd: &mut Command) {
-        cmd.env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
-            .env("KAFKA_STATE_DIR", &self.state_dir)
-            .env("KAFKA_STOP_TIMEOUT", "20");
-    }
-
-    fn script(&self, name: &str) {
-        let mut cmd = Command::new("bash");
-        cmd.arg(workspace().join("deploy/kafka").join(name));
-        self.env(&mut cmd);
-        let out = cmd.output().expect("run the broker script");
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let mut cmd = Command::new("bash");
-        cmd.arg(workspace().join("deploy/kafka/stop.sh"));
-        self.env(&mut cmd);
-        let _ = cmd.output();
-    }
-}
+use cluster::{Cluster, OwnBroker};
 
 fn metrics_times(run_dir: &Path) -> Vec<(u64, String)> {
     let text = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap_or_default();
@@ -70,12 +33,9 @@ fn metrics_times(run_dir: &Path) -> Vec<(u64, String)> {
 #[ignore = "flaky after the broker's return (a BSP round can stall); run with --ignored"]
 fn a_broker_outage_longer_than_the_heartbeat_timeout_loses_nobody() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker {
-        state_dir: dir.path().join("kafka"),
-        port: 19592,
-    };
+    let broker = OwnBroker::new(dir.path().join("kafka"), 19592);
     broker.script("start.sh");
-    let brokers = format!("127.0.0.1:{}", broker.port);
+    let brokers = broker.bootstrap();
     let cluster = Cluster::on_brokers("outage", brokers, |m| {
         m["min_workers"] = 2.into();
         m["policy"]["name"] = "bsp".into();

@@ -15,47 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster::{workspace, Cluster, Proc};
+use cluster::{Cluster, OwnBroker, Proc};
 use common::transport::Topics;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
-
-/// A broker of this test's own, stopped on drop.
-struct Broker {
-    state_dir: PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    fn script(&self, name: &str) {
-        let out = Command::new("bash")
-            .arg(workspace().join("deploy/kafka").join(name))
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
-            .env("KAFKA_STATE_DIR", &self.state_dir)
-            .env("KAFKA_STOP_TIMEOUT", "20")
-            .output()
-            .expect("run the broker script");
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(workspace().join("deploy/kafka/stop.sh"))
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
-            .env("KAFKA_STATE_DIR", &self.state_dir)
-            .output();
-    }
-}
 
 /// Up to `max` records of `topics` as the broker holds them, read by a
 /// plain librdkafka consumer (not ours).
@@ -147,12 +112,9 @@ fn inject(
 #[test]
 fn workers_killed_records_forged_and_the_broker_restarted_the_run_still_ends_well() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker {
-        state_dir: dir.path().join("kafka"),
-        port: 19892,
-    };
+    let broker = OwnBroker::new(dir.path().join("kafka"), 19892);
     broker.script("start.sh");
-    let brokers = format!("127.0.0.1:{}", broker.port);
+    let brokers = broker.bootstrap();
     let c = Cluster::on_brokers("chaos", brokers.clone(), |m| {
         m["min_workers"] = 3.into();
         m["training"]["optimizer"] = serde_json::json!({"kind": "sgd", "lr": 0.005});

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster::{workspace, Cluster};
+use cluster::{workspace, Cluster, OwnBroker};
 use common::config::{KafkaConfig, KafkaSecurity};
 use common::envelope::MessageKind;
 use common::protocol::ControlMessage;
@@ -24,54 +24,17 @@ use common::transport::{StartAt, Transport};
 /// The password variable the clients read (`sasl_password_env`).
 const PASSWORD_ENV: &str = "HERMES_TEST_SCRAM_PASSWORD";
 
-/// A broker of this test's own (own ports and storage), stopped on drop.
-struct Broker {
-    state_dir: PathBuf,
-    tls_dir: PathBuf,
-    port: u16,
-    password: String,
-}
-
-impl Broker {
-    fn ssl_port(&self) -> u16 {
-        self.port + 2
-    }
-
-    fn sasl_port(&self) -> u16 {
-        self.port + 3
-    }
-
-    fn env(&self, cmd: &mut Command) {
-        cmd.env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
-            .env("KAFKA_SSL_PORT", self.ssl_port().to_string())
-            .env("KAFKA_SASL_SSL_PORT", self.sasl_port().to_string())
-            .env("KAFKA_TLS_DIR", &self.tls_dir)
-            .env("KAFKA_SCRAM_USERS", format!("hermes:{}", self.password))
-            .env("KAFKA_STATE_DIR", &self.state_dir)
-            .env("KAFKA_STOP_TIMEOUT", "20");
-    }
-
-    fn start(&self) {
-        let mut cmd = Command::new("bash");
-        cmd.arg(workspace().join("deploy/kafka/start.sh"));
-        self.env(&mut cmd);
-        let out = cmd.output().expect("run start.sh");
-        assert!(
-            out.status.success(),
-            "start.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let mut cmd = Command::new("bash");
-        cmd.arg(workspace().join("deploy/kafka/stop.sh"));
-        self.env(&mut cmd);
-        let _ = cmd.output();
-    }
+/// This test's broker: plain on `port`, TLS on `port + 2`, SASL/SCRAM over
+/// TLS on `port + 3`, one SCRAM user `hermes` with `password`.
+fn tls_broker(state_dir: PathBuf, tls_dir: &Path, port: u16, password: &str) -> OwnBroker {
+    let mut broker = OwnBroker::new(state_dir, port);
+    broker.env = vec![
+        ("KAFKA_SSL_PORT".into(), (port + 2).to_string()),
+        ("KAFKA_SASL_SSL_PORT".into(), (port + 3).to_string()),
+        ("KAFKA_TLS_DIR".into(), tls_dir.display().to_string()),
+        ("KAFKA_SCRAM_USERS".into(), format!("hermes:{password}")),
+    ];
+    broker
 }
 
 fn make_ca(dir: &Path) {
@@ -149,19 +112,16 @@ async fn round_trip(cfg: &KafkaConfig, run: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_scram_verify_the_broker_and_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker {
-        state_dir: dir.path().join("kafka"),
-        tls_dir: dir.path().join("tls"),
-        port: 19692,
-        password: format!("pw-{}", rand::random::<u64>()),
-    };
-    make_ca(&broker.tls_dir);
+    let tls_dir = dir.path().join("tls");
+    let password = format!("pw-{}", rand::random::<u64>());
+    make_ca(&tls_dir);
     make_ca(&dir.path().join("other-ca"));
-    broker.start();
-    let ca = broker.tls_dir.join("ca.pem");
+    let broker = tls_broker(dir.path().join("kafka"), &tls_dir, 19692, &password);
+    broker.script("start.sh");
+    let ca = tls_dir.join("ca.pem");
     let wrong_ca = dir.path().join("other-ca/ca.pem");
-    let ssl = format!("127.0.0.1:{}", broker.ssl_port());
-    let sasl = format!("127.0.0.1:{}", broker.sasl_port());
+    let ssl = format!("127.0.0.1:{}", broker.port + 2);
+    let sasl = format!("127.0.0.1:{}", broker.port + 3);
     let run = format!("tls-{}", std::process::id());
 
     // TLS with the right CA: works; with another CA: refused, saying why.
@@ -175,7 +135,7 @@ async fn tls_and_scram_verify_the_broker_and_the_client() {
 
     // SASL/SCRAM over TLS: the password is read from the environment.
     // The variables are set before any thread of this test reads them.
-    std::env::set_var(PASSWORD_ENV, &broker.password);
+    std::env::set_var(PASSWORD_ENV, &password);
     std::env::set_var("HERMES_TEST_SCRAM_WRONG", "not-the-password");
     round_trip(
         &kafka(sasl.clone(), scram(&ca, PASSWORD_ENV)),
@@ -201,7 +161,7 @@ async fn tls_and_scram_verify_the_broker_and_the_client() {
         m["stop"]["max_versions"] = 3.into();
     });
     c.edit_worker(|w| w["kafka"]["security"] = security.clone());
-    c.env.push((PASSWORD_ENV.into(), broker.password.clone()));
+    c.env.push((PASSWORD_ENV.into(), password.clone()));
     let mut master = c.master();
     let mut worker = c.worker("tls-worker", 1.0);
     let code = tokio::task::spawn_blocking(move || {

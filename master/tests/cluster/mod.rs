@@ -353,3 +353,60 @@ impl Cluster {
             .collect()
     }
 }
+
+/// A broker of one test's own (own ports and storage), run by the project's
+/// `deploy/kafka/start.sh` / `stop.sh`; stopped on drop.
+pub struct OwnBroker {
+    /// Pid, log, config and storage.
+    pub state_dir: PathBuf,
+    /// Client port; the controller listens on the next one.
+    pub port: u16,
+    /// More settings for the scripts (TLS listeners, SCRAM users, ...).
+    pub env: Vec<(String, String)>,
+}
+
+impl OwnBroker {
+    /// A broker on `port` (and `port + 1`) keeping its state in `state_dir`.
+    pub fn new(state_dir: PathBuf, port: u16) -> Self {
+        Self {
+            state_dir,
+            port,
+            env: Vec::new(),
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self, script: &str) -> Command {
+        let mut cmd = Command::new("bash");
+        cmd.arg(workspace().join("deploy/kafka").join(script))
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
+            .env("KAFKA_STATE_DIR", &self.state_dir)
+            .env("KAFKA_STOP_TIMEOUT", "20")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Runs `start.sh` or `stop.sh`; fails the test with its stderr.
+    pub fn script(&self, script: &str) {
+        let out = self
+            .command(script)
+            .output()
+            .expect("run the broker script");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.command("stop.sh").output();
+    }
+}
