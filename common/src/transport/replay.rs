@@ -34,7 +34,11 @@ struct Stream {
 /// Remembers what was delivered, per (topic, sender).
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
-    streams: HashMap<(String, String), Stream>,
+    /// topic → sender → stream: looked up with borrowed names, so a record
+    /// of a known stream allocates nothing.
+    streams: HashMap<String, HashMap<String, Stream>>,
+    /// Streams tracked, all topics together.
+    count: usize,
     clock: u64,
 }
 
@@ -43,11 +47,23 @@ impl ReplayGuard {
     /// remembered as delivered.
     pub fn admit(&mut self, topic: &str, sender: &str, sequence: u64) -> bool {
         self.clock += 1;
-        let key = (topic.to_string(), sender.to_string());
-        if !self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS {
-            self.evict_oldest();
+        let known = self
+            .streams
+            .get(topic)
+            .is_some_and(|senders| senders.contains_key(sender));
+        if !known {
+            if self.count >= MAX_STREAMS {
+                self.evict_oldest();
+            }
+            self.count += 1;
+            self.streams
+                .entry(topic.to_string())
+                .or_default()
+                .insert(sender.to_string(), Stream::default());
         }
-        let s = self.streams.entry(key).or_default();
+        let Some(s) = self.streams.get_mut(topic).and_then(|m| m.get_mut(sender)) else {
+            return false;
+        };
         s.touched = self.clock;
         if s.seen.is_empty() || sequence > s.highest {
             s.highest = sequence;
@@ -65,7 +81,7 @@ impl ReplayGuard {
     /// Whether `sequence` would be refused, without remembering anything
     /// (a chunk of a message already delivered is refused at once).
     pub fn is_replay(&self, topic: &str, sender: &str, sequence: u64) -> bool {
-        match self.streams.get(&(topic.to_string(), sender.to_string())) {
+        match self.streams.get(topic).and_then(|m| m.get(sender)) {
             None => false,
             Some(s) if sequence > s.highest => false,
             Some(s) => s.highest - sequence >= WINDOW || s.seen.contains(&sequence),
@@ -73,13 +89,20 @@ impl ReplayGuard {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some(key) = self
+        let oldest = self
             .streams
             .iter()
-            .min_by_key(|(_, s)| s.touched)
-            .map(|(k, _)| k.clone())
-        {
-            self.streams.remove(&key);
+            .flat_map(|(topic, senders)| senders.iter().map(move |(sender, s)| (topic, sender, s)))
+            .min_by_key(|(_, _, s)| s.touched)
+            .map(|(topic, sender, _)| (topic.clone(), sender.clone()));
+        if let Some((topic, sender)) = oldest {
+            if let Some(senders) = self.streams.get_mut(&topic) {
+                senders.remove(&sender);
+                self.count -= 1;
+                if senders.is_empty() {
+                    self.streams.remove(&topic);
+                }
+            }
         }
     }
 }
@@ -131,11 +154,12 @@ mod tests {
         for i in 0..(MAX_STREAMS as u64 * 2) {
             assert!(g.admit("t", &format!("forged-{i}"), i));
         }
-        assert!(g.streams.len() <= MAX_STREAMS);
+        assert!(g.count <= MAX_STREAMS);
+        assert_eq!(g.count, g.streams.values().map(HashMap::len).sum::<usize>());
         for s in 0..(3 * WINDOW) {
             g.admit("t", "busy", s);
         }
-        let busy = &g.streams[&("t".to_string(), "busy".to_string())];
+        let busy = &g.streams["t"]["busy"];
         assert!(busy.seen.len() as u64 <= WINDOW);
     }
 }
