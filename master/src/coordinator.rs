@@ -749,12 +749,14 @@ impl Coordinator {
     }
 
     fn next_shard(&mut self, id: &str, out: &mut Vec<Action>) {
-        let Some(round) = self
-            .workers
-            .get_mut(id)
-            .filter(|w| w.active)
-            .map(|w| w.next_round)
-        else {
+        // Every shard gets a round number of its own: a shard issued again
+        // (the worker came back after its round report was lost) is a new
+        // round, so (worker, incarnation, round) names one update at most.
+        let Some(round) = self.workers.get_mut(id).filter(|w| w.active).map(|w| {
+            let round = w.next_round;
+            w.next_round = round + 1;
+            round
+        }) else {
             return;
         };
         let shard = self.allocator.next_shard(id, round);

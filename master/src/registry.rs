@@ -227,7 +227,7 @@ impl WorkerRegistry {
     pub fn record_round(&mut self, report: &RoundReport) {
         if let Some(w) = self.current(&report.worker_id, report.incarnation) {
             w.busy = false;
-            w.next_round = report.round + 1;
+            w.next_round = w.next_round.max(report.round + 1);
             w.last_seen = Instant::now();
             w.last_seen_ms = common::protocol::now_ms();
             let s = &mut w.stats;

@@ -363,3 +363,41 @@ fn worker_rejections_are_kept_per_process_and_summed_over_restarts() {
     c.handle(hb(1, &[("bad_tag", 100)]), t0 + Duration::from_secs(5));
     assert_eq!(stats(&c)["bad_tag"], 4);
 }
+
+fn shard_rounds(actions: &[Action], worker: &str) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendShard {
+                worker: w, round, ..
+            } if w == worker => Some(*round),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_shard_issued_again_after_a_lost_report_has_a_new_round_number() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(config("asp", 1), vec![0.0; PARAMS], 1000, t0).unwrap();
+    let first = c.handle(reg("w1", 7), t0);
+    let mut rounds = shard_rounds(&first, "w1");
+    rounds.extend(shard_rounds(&c.handle(tick(true), t0), "w1"));
+    c.evaluated(
+        TestResult {
+            loss: 2.3,
+            accuracy: 0.1,
+        },
+        t0,
+    );
+    assert_eq!(rounds, vec![1], "first shard");
+    // Its round report is lost; the worker goes silent past the timeout,
+    // then comes back with the same incarnation and gets a shard again.
+    c.handle(tick(true), t0 + Duration::from_secs(16));
+    assert!(c.workers().active_ids().is_empty());
+    let again = c.handle(reg("w1", 7), t0 + Duration::from_secs(17));
+    assert_eq!(shard_rounds(&again, "w1"), vec![2], "{again:?}");
+    // A late report of round 1 does not move the counter back.
+    let after = c.handle(report("w1", 7, 1), t0 + Duration::from_secs(18));
+    assert_eq!(shard_rounds(&after, "w1"), vec![3], "{after:?}");
+}
