@@ -9,6 +9,7 @@
 //! * [`envelope`] — the wire envelope: magic, version, kind, run id, sender, sequence, payload, HMAC tag.
 //! * [`chunking`] — splitting large payloads into records and reassembling them with bounded memory.
 //! * [`protocol`] — the typed messages (registration, model, shards, updates, reports, logs).
+//! * [`agents`] — the agents channel: long-lived workers announce themselves, masters open runs to them.
 //! * [`transport`] — Kafka topics, producer and consumer built from config; typed `send`/`recv`.
 //! * [`engine`] — training with lowered ONNX Runtime training artifacts; optimizers in Rust.
 //! * [`data`] — dataset loaders (MNIST IDX, CIFAR-10 binary, CSV), splits and batching.
@@ -37,6 +38,7 @@
 //! `data/bench/fuzz-crashes/` and exits 1 if anything crashed (`--target
 //! NAME`, `--seed S`, `--time-limit SECS`, `--list`).
 
+pub mod agents;
 pub mod auth;
 pub mod chunking;
 pub mod config;

@@ -15,7 +15,8 @@ use crate::protocol::LogRecord;
 
 static INIT: OnceLock<()> = OnceLock::new();
 
-/// Installs the global subscriber: human-readable lines on stderr, filtered by
+/// Installs the global subscriber: human-readable lines on stderr (coloured
+/// only when stderr is a terminal), filtered by
 /// `RUST_LOG` when set, else by `level`. Calling it again does nothing.
 ///
 /// When `forward` is given, every event at `info` or above is also captured as
@@ -27,7 +28,11 @@ pub fn init(level: &str, node: &str, forward: Option<mpsc::Sender<LogRecord>>) {
         let filter = EnvFilter::try_from_default_env()
             .or_else(|_| EnvFilter::try_new(level))
             .unwrap_or_else(|_| EnvFilter::new("info"));
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        // Colour only on a terminal: a log file (a deployed worker's
+        // `worker.log`, a test's capture) gets plain text.
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         let forwarder = forward.map(|tx| ForwardLayer {
             node: node.to_string(),
             tx,

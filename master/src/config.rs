@@ -17,8 +17,11 @@ use crate::policy::PolicyConfig;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MasterConfig {
-    /// Names the run: topics are `<kafka.topic_prefix>.<run_id>.*` and workers
-    /// must use the same value. Outputs go to `<data_dir>/runs/<run_id>/`.
+    /// Names the run: topics are `<kafka.topic_prefix>.<run_id>.*`. Workers
+    /// started as agents (and one-shot workers without a pinned `run_id`)
+    /// learn it from the master's run announcement. Outputs go to
+    /// `<data_dir>/runs/<run_id>/`. Letters, digits, `.`, `_`, `-`; not
+    /// starting with `_`.
     pub run_id: String,
     /// Kafka connection.
     pub kafka: KafkaConfig,
@@ -52,6 +55,37 @@ pub struct MasterConfig {
     pub policy: PolicyConfig,
     /// When the run ends.
     pub stop: StopConfig,
+    /// Which long-lived workers (agents) the run is opened to, and what
+    /// their configuration should change for it.
+    pub agents: AgentsConfig,
+}
+
+/// The run's offer to agents (`worker --agent`, see `common::agents`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// Announce the run on the agents channel (idle agents join it).
+    pub announce: bool,
+    /// Agent ids invited; empty = any idle agent.
+    pub invite: Vec<String>,
+    /// Worker configuration fields every joining agent takes for this run
+    /// (deep-merged into its own `worker.json`; e.g. `{"slowdown": 2.0}`).
+    /// `worker_id`, `run_id`, `kafka`, `work_dir` and `engine.ort_library`
+    /// stay the agent's own: an offer that sets them is declined.
+    pub overrides: serde_json::Value,
+    /// Per-agent fields on top of `overrides`: agent id → JSON object.
+    pub per_agent: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            announce: true,
+            invite: Vec::new(),
+            overrides: serde_json::Value::Object(Default::default()),
+            per_agent: Default::default(),
+        }
+    }
 }
 
 impl Default for MasterConfig {
@@ -73,6 +107,7 @@ impl Default for MasterConfig {
             aggregation: AggregationConfig::default(),
             policy: PolicyConfig::default(),
             stop: StopConfig::default(),
+            agents: AgentsConfig::default(),
         }
     }
 }
@@ -193,7 +228,15 @@ impl Default for StopConfig {
 impl MasterConfig {
     /// Checks values the types cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.run_id.trim().is_empty(), "run_id must not be empty");
+        common::agents::check_run_id(&self.run_id)
+            .map_err(|e| anyhow::anyhow!("run_id `{}`: {e}", self.run_id.escape_debug()))?;
+        anyhow::ensure!(
+            self.agents.overrides.is_object(),
+            "agents.overrides must be a JSON object"
+        );
+        for (id, o) in &self.agents.per_agent {
+            anyhow::ensure!(o.is_object(), "agents.per_agent.{id} must be a JSON object");
+        }
         anyhow::ensure!(self.min_workers >= 1, "min_workers must be at least 1");
         anyhow::ensure!(
             self.heartbeat_timeout_secs > 0,

@@ -5,6 +5,7 @@
 //! * [`config`] — `conf/master.json`: dataset, model, training plan, gate, allocation, policy, stop.
 //! * [`coordinator`] — the master's decisions as a state machine (events in, actions out, no I/O).
 //! * [`run`] — the I/O shell around it: deliveries → events, actions → Kafka, files, evaluation.
+//! * [`agents`] — the run offered to long-lived workers (`worker --agent`) on the agents channel.
 //! * [`registry`] — the workers: liveness, incarnations, per-worker statistics.
 //! * [`workload`] — the dataset split, shard bytes, validation splits, test evaluation.
 //! * [`allocation`] — dynamic dataset allocation (shard sizes from measured throughput).
@@ -18,6 +19,7 @@
 //!
 //! `master` never talks to Kafka except through `common::transport`.
 
+pub mod agents;
 pub mod aggregation;
 pub mod allocation;
 pub mod bench;

@@ -51,6 +51,8 @@ pub async fn run(cfg: MasterConfig, fresh: bool) -> anyhow::Result<ExitCode> {
 /// The shell's state: connections, data, the engine, outputs, and the coordinator.
 struct Master {
     cfg: MasterConfig,
+    /// Offers the run to agents while it lasts.
+    announcer: Option<crate::agents::Announcer>,
     transport: Transport,
     rx: Receiver,
     log_rx: mpsc::Receiver<LogRecord>,
@@ -142,9 +144,10 @@ impl Master {
             common::runkey::WhenMissing::Create,
         )?;
         common::runkey::log_choice(&keys);
-        let transport = Transport::connect_with_keys(&cfg.kafka, &cfg.run_id, MASTER_ID, keys)
-            .await
-            .context("connect to kafka")?;
+        let transport =
+            Transport::connect_with_keys(&cfg.kafka, &cfg.run_id, MASTER_ID, keys.clone())
+                .await
+                .context("connect to kafka")?;
         transport
             .create_run_topics()
             .await
@@ -185,7 +188,10 @@ impl Master {
             ..Default::default()
         });
         spawn_broker_probe(&transport, broker.clone());
+        // Receivers exist: a worker that joins on the offer is heard.
+        let announcer = crate::agents::Announcer::start(&cfg, keys).await;
         let mut master = Self {
+            announcer,
             transport,
             rx,
             log_rx,
@@ -540,6 +546,9 @@ impl Master {
             Err(e) => (format!("error: {e:#}"), Some(e), true),
         };
         tracing::info!("run ends: {reason}");
+        if let Some(a) = self.announcer.take() {
+            a.close(Duration::from_secs(5)).await;
+        }
         let topics = self.transport.topics().clone();
         let stop = ControlMessage::Stop {
             reason: reason.clone(),

@@ -12,8 +12,10 @@ use common::config::{KafkaConfig, LoggingConfig};
 pub struct WorkerConfig {
     /// This worker's id, unique in the run (`--id` or `HERMES_WORKER_ID` override it).
     pub worker_id: String,
-    /// The run to join; must match the master's `run_id`.
-    pub run_id: String,
+    /// Pins the run to join (`HERMES_RUN_ID` sets it too). `null` (the
+    /// default): the run id comes from the master's run announcement on the
+    /// agents channel, so one master config names the run for every worker.
+    pub run_id: Option<String>,
     /// Kafka connection (`--brokers` or `HERMES_KAFKA__BROKERS` override the brokers).
     pub kafka: KafkaConfig,
     /// Console log level.
@@ -74,7 +76,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             worker_id: "worker-1".into(),
-            run_id: "demo".into(),
+            run_id: None,
             kafka: KafkaConfig::default(),
             logging: LoggingConfig::default(),
             heartbeat_secs: 2,
@@ -132,9 +134,64 @@ impl WorkerConfig {
             self.slowdown
         );
         anyhow::ensure!(self.heartbeat_secs > 0, "heartbeat_secs must be > 0");
+        if let Some(run) = &self.run_id {
+            common::agents::check_run_id(run)
+                .map_err(|e| anyhow::anyhow!("run_id `{}`: {e}", run.escape_debug()))?;
+        }
         Ok(())
     }
+
+    /// This configuration for one run a master offered: `overrides`, then
+    /// `per_agent` (JSON objects) deep-merged in, `run_id` set. Fields that
+    /// are the device's own (who it is, where the broker and its files are)
+    /// cannot be changed by a master; an offer that tries is declined.
+    pub fn for_offer(
+        &self,
+        run_id: &str,
+        overrides: &str,
+        per_agent: Option<&str>,
+    ) -> anyhow::Result<WorkerConfig> {
+        common::agents::check_run_id(run_id)
+            .map_err(|e| anyhow::anyhow!("run id `{}`: {e}", run_id.escape_debug()))?;
+        let mut value = serde_json::to_value(self)?;
+        for (what, text) in [
+            ("overrides", Some(overrides)),
+            ("per-agent overrides", per_agent),
+        ] {
+            let Some(text) = text else { continue };
+            let patch: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| anyhow::anyhow!("the offer's {what} are not JSON: {e}"))?;
+            anyhow::ensure!(
+                patch.is_object(),
+                "the offer's {what} are not a JSON object"
+            );
+            for field in OWN_FIELDS {
+                let pointer = format!("/{}", field.replace('.', "/"));
+                anyhow::ensure!(
+                    patch.pointer(&pointer).is_none(),
+                    "the offer's {what} set `{field}`, which only the device's own config may set"
+                );
+            }
+            common::config::deep_merge(&mut value, &patch);
+        }
+        let mut cfg: WorkerConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            anyhow::anyhow!("the offer's overrides: field `{}`: {}", e.path(), e.inner())
+        })?;
+        cfg.run_id = Some(run_id.to_string());
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("the offer's overrides: {e:#}"))?;
+        Ok(cfg)
+    }
 }
+
+/// Fields a master's offer may not change (dotted paths).
+const OWN_FIELDS: [&str; 5] = [
+    "worker_id",
+    "run_id",
+    "kafka",
+    "work_dir",
+    "engine.ort_library",
+];
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +223,47 @@ mod tests {
             ..WorkerConfig::default()
         };
         assert_eq!(dots.work_dir(), PathBuf::from("data/worker/_.."));
+    }
+
+    #[test]
+    fn an_offer_sets_the_run_and_merges_overrides() {
+        let base = WorkerConfig::default();
+        let cfg = base
+            .for_offer(
+                "exp-2",
+                r#"{"slowdown": 2.0, "logging": {"level": "debug"}}"#,
+                Some(r#"{"heartbeat_secs": 1}"#),
+            )
+            .expect("accepted");
+        assert_eq!(cfg.run_id.as_deref(), Some("exp-2"));
+        assert_eq!(cfg.slowdown, 2.0);
+        assert_eq!(cfg.logging.level, "debug");
+        assert_eq!(cfg.heartbeat_secs, 1);
+        assert_eq!(cfg.kafka, base.kafka);
+    }
+
+    #[test]
+    fn an_offer_cannot_change_the_devices_own_fields_or_break_the_config() {
+        let base = WorkerConfig::default();
+        for (overrides, needle) in [
+            (r#"{"worker_id": "evil"}"#, "`worker_id`"),
+            (r#"{"kafka": {"brokers": "x:1"}}"#, "`kafka`"),
+            (
+                r#"{"engine": {"ort_library": "/tmp/x.so"}}"#,
+                "`engine.ort_library`",
+            ),
+            (r#"{"slowdown": 0.5}"#, "slowdown"),
+            (r#"{"no_such_field": 1}"#, "no_such_field"),
+            (r#"[1]"#, "not a JSON object"),
+            ("{", "not JSON"),
+        ] {
+            let err = base
+                .for_offer("r", overrides, None)
+                .expect_err(overrides)
+                .to_string();
+            assert!(err.contains(needle), "{overrides}: {err}");
+        }
+        assert!(base.for_offer("_agents", "{}", None).is_err());
     }
 
     #[test]

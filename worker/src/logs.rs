@@ -67,6 +67,10 @@ impl Batcher {
     }
 }
 
+/// The tracing layer's records, shared by the runs an agent serves one
+/// after another (each run's forwarder holds it while the run lasts).
+pub type SharedLogs = Arc<tokio::sync::Mutex<mpsc::Receiver<LogRecord>>>;
+
 /// The running forwarder task.
 pub struct LogForwarder {
     stop: oneshot::Sender<()>,
@@ -75,7 +79,7 @@ pub struct LogForwarder {
 
 impl LogForwarder {
     /// Starts forwarding the records of `rx` on the logs topic, keyed by `node`.
-    pub fn spawn(transport: Arc<Transport>, rx: mpsc::Receiver<LogRecord>, node: String) -> Self {
+    pub fn spawn(transport: Arc<Transport>, rx: SharedLogs, node: String) -> Self {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(forward(transport, rx, node, stopped));
         Self { stop, task }
@@ -90,10 +94,11 @@ impl LogForwarder {
 
 async fn forward(
     transport: Arc<Transport>,
-    mut rx: mpsc::Receiver<LogRecord>,
+    rx: SharedLogs,
     node: String,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let mut rx = rx.lock().await;
     let topic = transport.topics().logs();
     let mut batcher = Batcher::new(MAX_RECORDS, MAX_AGE);
     let mut tick = tokio::time::interval(MAX_AGE / 2);

@@ -1,4 +1,4 @@
-//! A worker's life in a run: connect, register until welcomed, receive the
+//! A worker's life in one run: connect, register until welcomed, receive the
 //! model package and shards, train rounds on a blocking thread while
 //! heartbeats and Kafka polling go on, publish updates and round reports,
 //! stop when told to (or on Ctrl-C / SIGTERM).
@@ -10,7 +10,6 @@
 //! (adopted at the next round boundary), `Stop` on control.
 
 use std::collections::VecDeque;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::WorkerConfig;
-use crate::logs::{self, LogForwarder};
+use crate::logs::{LogForwarder, SharedLogs};
 use crate::rounds;
 use crate::trainer::{Identity, RoundError, RoundOutcome, Trainer};
 
@@ -35,15 +34,39 @@ const CONTROL_LIMIT: u64 = 1024 * 1024;
 /// Shards queued while a round runs; more are refused.
 const MAX_QUEUED_SHARDS: usize = 16;
 
-/// Runs the worker until the master says stop or the process is interrupted.
-pub async fn run(cfg: WorkerConfig) -> anyhow::Result<ExitCode> {
-    let (log_tx, log_rx) = if cfg.log_forwarding {
-        let (tx, rx) = mpsc::channel(logs::CHANNEL_CAPACITY);
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
-    common::logging::init(&cfg.logging.level, &cfg.worker_id, log_tx);
+/// How a session ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The master said stop: the run is over.
+    Stopped,
+    /// SIGTERM (e.g. `master deploy stop`): the process should exit.
+    Terminated,
+    /// Ctrl-C: the process should exit (130).
+    Interrupted,
+}
+
+/// How the worker came to this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// The run id is pinned in the worker's configuration.
+    Pinned,
+    /// A master offered the run on the agents channel (so a master that
+    /// never answers is given up on after [`OFFERED_MASTER_WAIT`]).
+    Offered,
+}
+
+/// How long a worker that joined an offered run waits for the master's
+/// welcome when `master_wait_secs` is 0 (forever would hang an agent on a
+/// run whose master is gone).
+pub const OFFERED_MASTER_WAIT: Duration = Duration::from_secs(60);
+
+/// Serves one run until the master says stop or the process is signalled.
+pub async fn run(
+    cfg: WorkerConfig,
+    run_id: String,
+    logs: Option<SharedLogs>,
+    joined: Joined,
+) -> anyhow::Result<SessionEnd> {
     let keys = common::runkey::wait_for(
         &cfg.kafka,
         std::path::Path::new(common::runkey::DEFAULT_KEY_FILE),
@@ -52,7 +75,7 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<ExitCode> {
     .await?;
     common::runkey::log_choice(&keys);
     let transport = Arc::new(
-        Transport::connect_with_keys(&cfg.kafka, &cfg.run_id, &cfg.worker_id, keys)
+        Transport::connect_with_keys(&cfg.kafka, &run_id, &cfg.worker_id, keys)
             .await
             .context("connect to kafka")?,
     );
@@ -65,8 +88,14 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<ExitCode> {
         .create_topics(&[transport.topic_spec(topics.shard(&cfg.worker_id), 1)])
         .await
         .context("create this worker's shard topic")?;
-    let forwarder =
-        log_rx.map(|rx| LogForwarder::spawn(Arc::clone(&transport), rx, cfg.worker_id.clone()));
+    let forwarder = match (&logs, cfg.log_forwarding) {
+        (Some(rx), true) => Some(LogForwarder::spawn(
+            Arc::clone(&transport),
+            Arc::clone(rx),
+            cfg.worker_id.clone(),
+        )),
+        _ => None,
+    };
 
     // Everything is read from "now" (receivers exist before we register): a
     // stale Stop or package from an earlier run must not reach this one.
@@ -85,7 +114,12 @@ pub async fn run(cfg: WorkerConfig) -> anyhow::Result<ExitCode> {
     let (inbound_tx, inbound) = mpsc::channel(8);
     let reader = tokio::spawn(read_loop(receiver, inbound_tx));
 
-    let mut worker = Worker::new(cfg, Arc::clone(&transport), topics);
+    let master_wait = match (cfg.master_wait_secs, joined) {
+        (0, Joined::Offered) => Some(OFFERED_MASTER_WAIT),
+        (0, Joined::Pinned) => None,
+        (s, _) => Some(Duration::from_secs(s)),
+    };
+    let mut worker = Worker::new(cfg, run_id, master_wait, Arc::clone(&transport), topics);
     let result = worker.run(inbound).await;
     worker.cancel_job();
     reader.abort();
@@ -133,18 +167,12 @@ struct Job {
     is_round: bool,
 }
 
-/// Why the session ends.
-enum Exit {
-    /// The master said stop.
-    Stopped,
-    /// SIGTERM (e.g. `master deploy stop`).
-    Terminated,
-    /// Ctrl-C.
-    Interrupted,
-}
-
 struct Worker {
     cfg: WorkerConfig,
+    /// The run served.
+    run_id: String,
+    /// How long to wait for the master's welcome (`None` = forever).
+    master_wait: Option<Duration>,
     transport: Arc<Transport>,
     topics: Topics,
     who: Identity,
@@ -168,7 +196,13 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(cfg: WorkerConfig, transport: Arc<Transport>, topics: Topics) -> Self {
+    fn new(
+        cfg: WorkerConfig,
+        run_id: String,
+        master_wait: Option<Duration>,
+        transport: Arc<Transport>,
+        topics: Topics,
+    ) -> Self {
         let registration = Registration {
             worker_id: cfg.worker_id.clone(),
             incarnation: rand::random(),
@@ -187,6 +221,8 @@ impl Worker {
         };
         Self {
             cfg,
+            run_id,
+            master_wait,
             transport,
             topics,
             who,
@@ -207,12 +243,12 @@ impl Worker {
     async fn run(
         &mut self,
         mut inbound: mpsc::Receiver<anyhow::Result<Delivery>>,
-    ) -> anyhow::Result<ExitCode> {
+    ) -> anyhow::Result<SessionEnd> {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("install the SIGTERM handler")?;
         tracing::info!(
             worker = %self.cfg.worker_id,
-            run = %self.cfg.run_id,
+            run = %self.run_id,
             slowdown = self.cfg.slowdown,
             "registering with the master"
         );
@@ -229,13 +265,11 @@ impl Worker {
         loop {
             let now = Instant::now();
             if !self.welcomed && now >= next_register {
-                if self.cfg.master_wait_secs > 0
-                    && started.elapsed() > Duration::from_secs(self.cfg.master_wait_secs)
-                {
+                if let Some(wait) = self.master_wait.filter(|w| started.elapsed() > *w) {
                     anyhow::bail!(
                         "no answer from the master within {} s (run `{}`)",
-                        self.cfg.master_wait_secs,
-                        self.cfg.run_id
+                        wait.as_secs(),
+                        self.run_id
                     );
                 }
                 let msg = StatusMessage::Register(self.registration.clone());
@@ -294,19 +328,19 @@ impl Worker {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
-                _ = sigterm.recv() => return self.leave(Exit::Terminated).await,
-                _ = tokio::signal::ctrl_c() => return self.leave(Exit::Interrupted).await,
+                _ = sigterm.recv() => return self.leave(SessionEnd::Terminated).await,
+                _ = tokio::signal::ctrl_c() => return self.leave(SessionEnd::Interrupted).await,
             }
         }
     }
 
-    /// Says goodbye when leaving on our own; the exit code for `exit`.
-    async fn leave(&mut self, exit: Exit) -> anyhow::Result<ExitCode> {
+    /// Says goodbye when leaving on our own.
+    async fn leave(&mut self, end: SessionEnd) -> anyhow::Result<SessionEnd> {
         self.cancel_job();
-        let (reason, code) = match exit {
-            Exit::Stopped => return Ok(ExitCode::SUCCESS),
-            Exit::Terminated => ("terminated (SIGTERM)", ExitCode::SUCCESS),
-            Exit::Interrupted => ("interrupted", ExitCode::from(130)),
+        let reason = match end {
+            SessionEnd::Stopped => return Ok(end),
+            SessionEnd::Terminated => "terminated (SIGTERM)",
+            SessionEnd::Interrupted => "interrupted",
         };
         tracing::info!("{reason}; leaving the run");
         let bye = StatusMessage::Goodbye {
@@ -314,7 +348,7 @@ impl Worker {
             reason: reason.into(),
         };
         self.send_status(&bye, "goodbye").await;
-        Ok(code)
+        Ok(end)
     }
 
     /// Asks a running job to stop at its next check.
@@ -346,7 +380,7 @@ impl Worker {
     }
 
     /// Handles one message; `Some` when the session must end.
-    fn handle_delivery(&mut self, d: Delivery) -> Option<Exit> {
+    fn handle_delivery(&mut self, d: Delivery) -> Option<SessionEnd> {
         let expected = if d.topic == self.topics.control() {
             MessageKind::Control
         } else if d.topic == self.topics.model() {
@@ -397,7 +431,7 @@ impl Worker {
         if silent >= Duration::from_secs(limit) {
             anyhow::bail!(
                 "the master of run `{}` has been silent for {} s (no liveness, model or control message; master_timeout_secs): giving up",
-                self.cfg.run_id,
+                self.run_id,
                 silent.as_secs()
             );
         }
@@ -412,7 +446,7 @@ impl Worker {
         Ok(())
     }
 
-    fn handle_control(&mut self, d: &Delivery) -> Option<Exit> {
+    fn handle_control(&mut self, d: &Delivery) -> Option<SessionEnd> {
         let msg: ControlMessage = match d.decode(CONTROL_LIMIT) {
             Ok(m) => m,
             Err(e) => {
@@ -445,7 +479,7 @@ impl Worker {
             ControlMessage::Unknown { .. } | ControlMessage::Alive { .. } => None,
             ControlMessage::Stop { reason } => {
                 tracing::info!(%reason, "master asked to stop");
-                Some(Exit::Stopped)
+                Some(SessionEnd::Stopped)
             }
         }
     }
@@ -695,7 +729,8 @@ impl Worker {
     }
 }
 
-fn hostname() -> String {
+/// This device's host name (`unknown` when it cannot be read).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

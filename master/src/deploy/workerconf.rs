@@ -63,25 +63,7 @@ pub fn load_base(path: &std::path::Path) -> anyhow::Result<Value> {
     Ok(value)
 }
 
-/// Merges `patch` into `target`: objects merge key by key (recursively),
-/// everything else (arrays, scalars, null) replaces the old value.
-pub fn deep_merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (key, value) in p {
-                match t.get_mut(key) {
-                    Some(existing) if existing.is_object() && value.is_object() => {
-                        deep_merge(existing, value)
-                    }
-                    _ => {
-                        t.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        (target, patch) => *target = patch.clone(),
-    }
-}
+pub use common::config::deep_merge;
 
 #[cfg(test)]
 mod tests {
