@@ -403,6 +403,33 @@ impl Default for LoggingConfig {
     }
 }
 
+/// A worker's default working directory, `data/worker/<id>`, with the id
+/// made a plain file name (characters other than `[A-Za-z0-9._-]` become
+/// `_`; an id of only dots gets a leading `_`). The master's `deploy` finds
+/// a worker's state file with it.
+pub fn default_worker_dir(worker_id: &str) -> std::path::PathBuf {
+    let id: String = worker_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let id = if id.chars().all(|c| c == '.') {
+        format!("_{id}")
+    } else {
+        id
+    };
+    std::path::PathBuf::from("data/worker").join(id)
+}
+
+/// The file in a worker's working directory that says what it does now
+/// (JSON: id, mode, run served, pid, time), read by `master deploy status`.
+pub const WORKER_STATE_FILE: &str = "state.json";
+
 /// Merges `patch` into `target`: objects merge key by key (recursively),
 /// everything else (arrays, scalars, null) replaces the old value.
 pub fn deep_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {

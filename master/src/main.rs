@@ -15,9 +15,10 @@ use clap::{Parser, Subcommand};
     about = "hermes-rs master (parameter server)"
 )]
 struct Cli {
-    /// Configuration file: the master's (default `conf/master.json`), or for
-    /// `testbed` the testbed profile (default `conf/testbed.json`).
-    #[arg(long, global = true)]
+    /// The master's configuration file (default `conf/master.json`).
+    /// `testbed` takes its profile with its own `--conf`; `deploy` reads the
+    /// inventory (`--cluster`), `bench` the profile (`--profile`).
+    #[arg(long)]
     conf: Option<std::path::PathBuf>,
     /// Start the run anew even if its folder holds the checkpoint of an
     /// unfinished run (the old folder is moved aside, never overwritten).
@@ -31,7 +32,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run training (the default when no subcommand is given).
-    Run,
+    Run {
+        /// The master's configuration file (default `conf/master.json`).
+        #[arg(long)]
+        conf: Option<std::path::PathBuf>,
+    },
     /// Bootstrap, inspect and stop remote workers over SSH.
     Deploy(deploy::DeployArgs),
     /// Emulated edge testbed: namespaces, shaped links, CPU/memory caps, traces.
@@ -56,20 +61,29 @@ fn dispatch() -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Deploy(args)) => deploy::run(args),
         Some(Command::Testbed(args)) => {
             common::logging::init("info", "testbed", None);
-            let conf = cli.conf.unwrap_or_else(|| "conf/testbed.json".into());
+            let conf = args
+                .conf
+                .clone()
+                .unwrap_or_else(|| "conf/testbed.json".into());
             testbed::run(args, &conf)
         }
         Some(Command::Bench(args)) => {
             common::logging::init("info", "bench", None);
             bench::run(args)
         }
-        Some(Command::Run) | None => {
-            let conf = cli.conf.unwrap_or_else(|| "conf/master.json".into());
-            let cfg: config::MasterConfig = common::config::load(&conf)?;
-            cfg.validate()
-                .with_context(|| format!("{}: invalid configuration", conf.display()))?;
-            let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
-            runtime.block_on(run::run(cfg, cli.fresh))
-        }
+        Some(Command::Run { conf }) => run_master(conf.or(cli.conf), cli.fresh),
+        None => run_master(cli.conf, cli.fresh),
     }
+}
+
+fn run_master(
+    conf: Option<std::path::PathBuf>,
+    fresh: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let conf = conf.unwrap_or_else(|| "conf/master.json".into());
+    let cfg: config::MasterConfig = common::config::load(&conf)?;
+    cfg.validate()
+        .with_context(|| format!("{}: invalid configuration", conf.display()))?;
+    let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
+    runtime.block_on(run::run(cfg, fresh))
 }

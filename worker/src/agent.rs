@@ -49,9 +49,51 @@ pub async fn serve(
     mode: Mode,
     logs: Option<SharedLogs>,
 ) -> anyhow::Result<ExitCode> {
-    match cfg.run_id.clone() {
+    let state_cfg = cfg.clone();
+    write_state(&state_cfg, mode, "idle", None);
+    let result = match cfg.run_id.clone() {
         Some(run) => serve_pinned(cfg, run, mode, logs).await,
         None => serve_offers(cfg, mode, logs).await,
+    };
+    write_state(&state_cfg, mode, "exited", None);
+    result
+}
+
+/// What the state file says (see `common::config::WORKER_STATE_FILE`).
+#[derive(serde::Serialize)]
+struct StateFile<'a> {
+    worker_id: &'a str,
+    mode: &'a str,
+    /// `idle`, `serving` or `exited`.
+    state: &'a str,
+    run_id: Option<&'a str>,
+    pid: u32,
+    updated_at_ms: u64,
+}
+
+/// Writes the state file (atomically; a failure is only logged).
+fn write_state(cfg: &WorkerConfig, mode: Mode, state: &str, run: Option<&str>) {
+    let dir = cfg.work_dir();
+    let doc = StateFile {
+        worker_id: &cfg.worker_id,
+        mode: match mode {
+            Mode::Once => "once",
+            Mode::Agent => "agent",
+        },
+        state,
+        run_id: run,
+        pid: std::process::id(),
+        updated_at_ms: common::protocol::now_ms(),
+    };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(common::config::WORKER_STATE_FILE);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        tracing::debug!("state file in {}: {e}", dir.display());
     }
 }
 
@@ -69,7 +111,9 @@ async fn serve_pinned(
     logs: Option<SharedLogs>,
 ) -> anyhow::Result<ExitCode> {
     loop {
+        write_state(&cfg, mode, "serving", Some(&run));
         let end = session::run(cfg.clone(), run.clone(), logs.clone(), Joined::Pinned).await;
+        write_state(&cfg, mode, "idle", None);
         match (end, mode) {
             (Ok(end), Mode::Once) => return Ok(exit_code(end)),
             (Err(e), Mode::Once) => return Err(e),
@@ -197,8 +241,10 @@ async fn take_offers(
             open.run_id
         );
         set_serving(state, poke, Some(open.run_id.clone()));
+        write_state(cfg, mode, "serving", Some(&open.run_id));
         let end = session::run(run_cfg, open.run_id.clone(), logs.clone(), Joined::Offered).await;
         set_serving(state, poke, None);
+        write_state(cfg, mode, "idle", None);
         // Offers that queued up while the run went on are old news; the
         // idle announcement brings fresh ones.
         while offers.try_recv().is_ok() {}

@@ -96,26 +96,9 @@ impl WorkerConfig {
     /// The working directory: `work_dir`, else `data/worker/<worker_id>`
     /// (the id sanitized to a plain file name).
     pub fn work_dir(&self) -> PathBuf {
-        self.work_dir.clone().unwrap_or_else(|| {
-            let id: String = self
-                .worker_id
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            // `.` and `..` are not names.
-            let id = if id.chars().all(|c| c == '.') {
-                format!("_{id}")
-            } else {
-                id
-            };
-            PathBuf::from("data/worker").join(id)
-        })
+        self.work_dir
+            .clone()
+            .unwrap_or_else(|| common::config::default_worker_dir(&self.worker_id))
     }
 
     /// Checks values the types cannot.

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-/// Default path of the base worker configuration.
-pub const DEFAULT_WORKER_CONFIG: &str = "conf/worker.json";
-/// Default path of the ONNX Runtime shared library uploaded to every host.
+/// Default base worker configuration: this file beside the inventory.
+pub const DEFAULT_WORKER_CONFIG: &str = "worker.json";
+/// Default path of the ONNX Runtime shared library uploaded to every host
+/// (relative to the current directory, where `deploy/ort/install.sh` puts it).
 pub const DEFAULT_ORT_LIB: &str = "deploy/ort/lib/libonnxruntime.so";
 
 /// The whole inventory file.
@@ -26,13 +27,28 @@ pub struct Cluster {
     /// worker config's value is kept.
     #[serde(default)]
     pub brokers: Option<String>,
-    /// Base worker configuration (JSON) every host's config is generated from.
-    #[serde(default = "default_worker_config")]
-    pub worker_config: PathBuf,
-    /// Worker binary for hosts without their own `binary`. Default: the
-    /// `worker` binary next to the running `master` (`target/<profile>/worker`).
+    /// Base worker configuration (JSON) every host's config is generated
+    /// from. Default: `worker.json` beside the inventory file.
+    #[serde(default)]
+    pub worker_config: Option<PathBuf>,
+    /// Worker binary for hosts without their own `binary`. Default: a
+    /// release build of this workspace's `worker`, made with cargo on demand
+    /// (cross-built for a host of another architecture).
     #[serde(default)]
     pub binary: Option<PathBuf>,
+    /// Pins every host to this run (`run_id` in each generated config).
+    /// Default: none, and the workers take the run id from the master that
+    /// opens a run (the way to run several experiments with one deploy).
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Fields deep-merged into every host's generated worker config (a
+    /// host's own `overrides` go on top).
+    #[serde(default = "empty_object")]
+    pub overrides: serde_json::Value,
+    /// `agent` (default): the workers stay up and serve run after run
+    /// (`worker --agent`); `once`: each serves one run and exits.
+    #[serde(default)]
+    pub mode: WorkerMode,
     /// The run key shipped to the workers (as `data/hermes.key` in each
     /// remote directory, mode 0600). Default: `HERMES_HMAC_KEY_FILE` /
     /// `HERMES_HMAC_KEY`, else the master's `data/hermes.key`, created when
@@ -82,6 +98,17 @@ pub struct Host {
     pub ort_lib: Option<PathBuf>,
 }
 
+/// How deployed workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerMode {
+    /// `worker --agent`: run after run.
+    #[default]
+    Agent,
+    /// `worker`: one run, then exit.
+    Once,
+}
+
 /// Authentication method for one host.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,10 +128,6 @@ pub enum Auth {
 
 fn default_port() -> u16 {
     22
-}
-
-fn default_worker_config() -> PathBuf {
-    PathBuf::from(DEFAULT_WORKER_CONFIG)
 }
 
 fn default_ort_lib() -> PathBuf {
@@ -132,11 +155,61 @@ pub fn password_env_var(host: &str) -> String {
     format!("HERMES_SSH_PASSWORD_{suffix}")
 }
 
-/// Reads and validates the inventory file at `path`.
+/// Reads and validates the inventory file at `path`. Relative paths in it
+/// are taken from the inventory's folder (`~/` from the local home).
 pub fn load(path: &Path) -> anyhow::Result<Cluster> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read inventory", path.display()))?;
-    parse(&text).with_context(|| format!("{}: invalid inventory", path.display()))
+    let mut cluster =
+        parse(&text).with_context(|| format!("{}: invalid inventory", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    cluster.resolve_paths(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    });
+    Ok(cluster)
+}
+
+impl Cluster {
+    /// Makes the inventory's relative paths relative to `dir` (its folder)
+    /// and fills in the default base worker config (`dir/worker.json`).
+    /// The default ONNX Runtime library stays relative to the current
+    /// directory.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        let at = |p: &mut PathBuf| {
+            let expanded = expand_home(p);
+            *p = if expanded.is_absolute() {
+                expanded
+            } else {
+                dir.join(expanded)
+            };
+        };
+        let mut worker_config = self
+            .worker_config
+            .take()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKER_CONFIG));
+        at(&mut worker_config);
+        self.worker_config = Some(worker_config);
+        if self.ort_lib != Path::new(DEFAULT_ORT_LIB) {
+            at(&mut self.ort_lib);
+        }
+        for p in [&mut self.binary, &mut self.key_file].into_iter().flatten() {
+            at(p);
+        }
+        for host in &mut self.hosts {
+            for p in [&mut host.binary, &mut host.ort_lib].into_iter().flatten() {
+                at(p);
+            }
+        }
+    }
+
+    /// The base worker config (after [`Self::resolve_paths`]).
+    pub fn worker_config_path(&self) -> PathBuf {
+        self.worker_config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKER_CONFIG))
+    }
 }
 
 /// Parses and validates inventory JSON text.
@@ -186,6 +259,12 @@ fn find_password_field(value: &serde_json::Value, at: &str) -> Option<String> {
 fn validate(cluster: &Cluster) -> anyhow::Result<()> {
     if cluster.hosts.is_empty() {
         bail!("field `hosts`: the inventory lists no hosts");
+    }
+    if !cluster.overrides.is_object() {
+        bail!("field `overrides`: must be a JSON object");
+    }
+    if let Some(run) = &cluster.run_id {
+        common::agents::check_run_id(run).map_err(|e| anyhow::anyhow!("field `run_id`: {e}"))?;
     }
     let mut names = BTreeSet::new();
     let mut ids = BTreeSet::new();
@@ -279,8 +358,39 @@ mod tests {
         );
         assert_eq!(c.hosts[1].auth, Auth::Agent);
         assert_eq!(c.hosts[1].port, 2222);
-        assert_eq!(c.worker_config, PathBuf::from(DEFAULT_WORKER_CONFIG));
+        assert_eq!(c.worker_config, None);
+        assert_eq!(c.mode, WorkerMode::Agent);
+        assert_eq!(c.run_id, None);
         assert_eq!(c.hosts[1].overrides["training"]["epochs"], 2);
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_inventorys_folder() {
+        let text = GOOD.replace(
+            r#""brokers": "10.0.0.1:9092","#,
+            r#""brokers": "10.0.0.1:9092", "binary": "bin/worker", "ort_lib": "/abs/lib.so",
+               "key_file": "keys/run.key", "run_id": "exp-1", "mode": "once",
+               "overrides": {"slowdown": 2.0},"#,
+        );
+        let mut c = parse(&text).unwrap();
+        c.resolve_paths(Path::new("/inv"));
+        assert_eq!(c.worker_config_path(), PathBuf::from("/inv/worker.json"));
+        assert_eq!(c.binary, Some(PathBuf::from("/inv/bin/worker")));
+        assert_eq!(c.ort_lib, PathBuf::from("/abs/lib.so"));
+        assert_eq!(c.key_file, Some(PathBuf::from("/inv/keys/run.key")));
+        assert_eq!(
+            c.hosts[1].binary,
+            Some(PathBuf::from("/inv/target/aarch64/worker"))
+        );
+        assert_eq!(c.run_id.as_deref(), Some("exp-1"));
+        assert_eq!(c.mode, WorkerMode::Once);
+        assert_eq!(c.overrides["slowdown"], 2.0);
+        // The default library stays where deploy/ort/install.sh puts it.
+        let mut d = parse(GOOD).unwrap();
+        d.resolve_paths(Path::new("/inv"));
+        assert_eq!(d.ort_lib, PathBuf::from(DEFAULT_ORT_LIB));
+        let bad = GOOD.replace(r#""brokers": "10.0.0.1:9092","#, r#""run_id": "a b","#);
+        assert!(format!("{:#}", parse(&bad).unwrap_err()).contains("field `run_id`"));
     }
 
     #[test]

@@ -6,11 +6,15 @@
 //!
 //! Module map: [`arch`] (wrong-CPU check), [`inventory`] (the `cluster.json` file), [`hostkey`]
 //! (known_hosts checks), [`session`] (connect, authenticate, run commands),
-//! [`upload`] (checksum-aware atomic SFTP upload), [`remote`] (the worker
-//! process on the host), [`workerconf`] (per-host worker config), [`report`]
-//! (results table, master heartbeat file).
+//! [`build`] (the release worker, built or cross-built on demand), [`files`]
+//! (what `up` ships, read once), [`upload`] (checksum-aware atomic SFTP
+//! upload, gzip in transit), [`remote`] (the worker process on the host),
+//! [`workerconf`] (per-host worker config), [`report`] (results table,
+//! master heartbeat file).
 
 pub mod arch;
+pub mod build;
+pub mod files;
 pub mod hostkey;
 pub mod inventory;
 pub mod remote;
@@ -20,19 +24,19 @@ pub mod upload;
 pub mod workerconf;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use files::UploadSet;
 use hostkey::{KnownHostsFile, Verified};
-use inventory::{Auth, Cluster, Host};
+use inventory::{Auth, Host, WorkerMode};
 use remote::{Layout, Stopped};
 use session::{Remote, Timeouts};
-use upload::{FileSpec, LocalFile, Outcome};
+use upload::{FileSpec, Outcome};
 
 /// Arguments of `master deploy`.
 #[derive(clap::Args, Debug)]
@@ -125,6 +129,11 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             Action::Status => report::read_status_file(&args.status_file)?,
             _ => None,
         },
+        state_files: match args.action {
+            Action::Status => files::state_files(&cluster, &hosts)?,
+            _ => HashMap::new(),
+        },
+        mode: cluster.mode,
     };
 
     let progress = MultiProgress::new();
@@ -174,6 +183,10 @@ struct Ctx {
     passwords: HashMap<String, String>,
     upload: Option<UploadSet>,
     status: Option<report::WorkerStatusFile>,
+    /// Per host name: its worker's state file (for `status`).
+    state_files: HashMap<String, PathBuf>,
+    /// How the workers run.
+    mode: WorkerMode,
 }
 
 /// The outcome for one host.
@@ -184,148 +197,6 @@ struct HostResult {
     cells: Vec<String>,
     /// Longer text printed before the table (`logs`).
     text: Option<String>,
-}
-
-/// The local files of `up`, read once and shared by all hosts.
-struct UploadSet {
-    binaries: HashMap<PathBuf, Result<Arc<LocalFile>, String>>,
-    ort_libs: HashMap<PathBuf, Result<Arc<LocalFile>, String>>,
-    configs: HashMap<String, Result<Arc<LocalFile>, String>>,
-    /// Hosts that get the run key (their config neither is insecure nor
-    /// names its own key file).
-    keyed_hosts: std::collections::HashSet<String>,
-    /// The run key as a key file's content, when any host needs it.
-    key: Option<Result<Arc<LocalFile>, String>>,
-    default_binary: PathBuf,
-    default_ort: PathBuf,
-}
-
-impl UploadSet {
-    fn prepare(cluster: &Cluster, hosts: &[&Host], brokers: Option<&str>) -> anyhow::Result<Self> {
-        let base = workerconf::load_base(&cluster.worker_config)?;
-        let brokers = brokers.or(cluster.brokers.as_deref());
-        let default_binary = match &cluster.binary {
-            Some(path) => path.clone(),
-            None => sibling_worker_binary()?,
-        };
-        let mut set = Self {
-            binaries: HashMap::new(),
-            ort_libs: HashMap::new(),
-            configs: HashMap::new(),
-            keyed_hosts: Default::default(),
-            key: None,
-            default_binary: default_binary.clone(),
-            default_ort: cluster.ort_lib.clone(),
-        };
-        for host in hosts {
-            let binary = inventory::expand_home(host.binary.as_ref().unwrap_or(&default_binary));
-            set.binaries
-                .entry(binary.clone())
-                .or_insert_with(|| read_shared(&binary, "worker binary"));
-            let ort = inventory::expand_home(host.ort_lib.as_ref().unwrap_or(&cluster.ort_lib));
-            set.ort_libs.entry(ort.clone()).or_insert_with(|| {
-                read_shared(&ort, "ONNX Runtime library (run deploy/ort/install.sh)")
-            });
-            let generated = workerconf::generate(&base, &host.worker_id, brokers, &host.overrides);
-            if let Ok(v) = &generated {
-                if workerconf::wants_run_key(v) {
-                    set.keyed_hosts.insert(host.name.clone());
-                }
-            }
-            let config = generated
-                .and_then(|v| Ok(serde_json::to_vec_pretty(&v)?))
-                .map(|bytes| Arc::new(LocalFile::from_bytes(bytes)))
-                .map_err(|e| format!("cannot generate the worker config: {e:#}"));
-            set.configs.insert(host.name.clone(), config);
-        }
-        if !set.keyed_hosts.is_empty() {
-            set.key = Some(run_key_file(cluster));
-        }
-        Ok(set)
-    }
-
-    /// The three files for `host`, or the first local problem.
-    fn files_for(&self, host: &Host, layout: &Layout) -> anyhow::Result<Vec<FileSpec>> {
-        let binary = inventory::expand_home(host.binary.as_ref().unwrap_or(&self.default_binary));
-        let ort = inventory::expand_home(host.ort_lib.as_ref().unwrap_or(&self.default_ort));
-        let get = |map: &HashMap<PathBuf, Result<Arc<LocalFile>, String>>, key: &Path| match map
-            .get(key)
-        {
-            Some(Ok(file)) => Ok(file.clone()),
-            Some(Err(e)) => Err(anyhow!("{e}")),
-            None => Err(anyhow!("internal: {} not prepared", key.display())),
-        };
-        let config = match self.configs.get(&host.name) {
-            Some(Ok(file)) => file.clone(),
-            Some(Err(e)) => bail!("{e}"),
-            None => bail!("internal: config of {} not prepared", host.name),
-        };
-        let mut files = vec![
-            FileSpec {
-                label: "worker",
-                local: get(&self.binaries, &binary)?,
-                remote: layout.binary(),
-                mode: 0o755,
-            },
-            FileSpec {
-                label: "onnxruntime",
-                local: get(&self.ort_libs, &ort)?,
-                remote: layout.ort_lib(),
-                mode: 0o644,
-            },
-            FileSpec {
-                label: "config",
-                local: config,
-                remote: layout.config(),
-                mode: 0o644,
-            },
-        ];
-        if self.keyed_hosts.contains(&host.name) {
-            let key = match &self.key {
-                Some(Ok(file)) => file.clone(),
-                Some(Err(e)) => bail!("{e}"),
-                None => bail!("internal: run key not prepared"),
-            };
-            files.push(FileSpec {
-                label: "run key",
-                local: key,
-                remote: layout.key(),
-                mode: 0o600,
-            });
-        }
-        Ok(files)
-    }
-}
-
-/// The run key the workers get (see [`inventory::Cluster::key_file`]).
-fn run_key_file(cluster: &Cluster) -> Result<Arc<LocalFile>, String> {
-    let cfg = common::config::KafkaConfig {
-        hmac_key_file: cluster.key_file.clone(),
-        ..Default::default()
-    };
-    common::runkey::resolve(
-        &cfg,
-        Path::new(common::runkey::DEFAULT_KEY_FILE),
-        common::runkey::WhenMissing::Create,
-    )
-    .map_err(|e| format!("the run key for the workers: {e}"))
-    .and_then(|keys| keys.current.ok_or_else(|| "no run key".to_string()))
-    .map(|key| Arc::new(LocalFile::from_bytes(key.to_hex().into_bytes())))
-}
-
-fn read_shared(path: &Path, what: &str) -> Result<Arc<LocalFile>, String> {
-    LocalFile::read(path, what)
-        .map(Arc::new)
-        .map_err(|e| format!("{e:#}"))
-}
-
-/// `target/<profile>/worker`, next to the running `master`.
-fn sibling_worker_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot locate the running master binary")?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("the master binary has no parent directory"))?;
-    Ok(dir.join("worker"))
 }
 
 fn default_known_hosts() -> anyhow::Result<PathBuf> {
@@ -403,7 +274,12 @@ fn run_host(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> HostResult {
             let message = format!("{e:#}");
             bar.abandon_with_message(format!("FAILED: {message}"));
             let cells = match ctx.action {
-                Action::Status => vec![format!("no: {message}"), "unknown".into(), "-".into()],
+                Action::Status => vec![
+                    format!("no: {message}"),
+                    "unknown".into(),
+                    "-".into(),
+                    "-".into(),
+                ],
                 _ => vec!["FAILED".into(), message],
             };
             HostResult {
@@ -437,30 +313,44 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
         .as_ref()
         .ok_or_else(|| anyhow!("internal: nothing prepared for upload"))?;
     let (remote, layout) = connect(ctx, host, bar)?;
-    let files = set.files_for(host, &layout)?;
     let uname = remote.exec_ok("uname -m")?;
-    arch::check(&files[0].local.content, &uname)?;
+    bar.set_message(format!("worker binary for {}", uname.trim()));
+    let binary = set.binary_for(host, &uname)?;
+    let mut files = vec![FileSpec {
+        label: "worker",
+        local: binary.file.clone(),
+        remote: layout.binary(),
+        mode: 0o755,
+    }];
+    files.extend(set.files_for(host, &layout)?);
     bar.set_message(format!("preparing {}", layout.dir.display()));
     upload::ensure_dir(&remote, &layout.lib_dir())?;
+    let gzip = upload::remote_has_gzip(&remote);
     let sftp = remote.sftp()?;
     let mut uploaded = Vec::new();
     let mut unchanged = Vec::new();
-    let mut bytes = 0u64;
+    let (mut bytes, mut sent) = (0u64, 0u64);
     for spec in &files {
         bar.set_style(bytes_style());
         bar.set_position(0);
-        bar.set_length(spec.local.content.len() as u64);
+        let packed = gzip && spec.local.content.len() >= upload::COMPRESS_FROM;
+        bar.set_length(if packed {
+            spec.local.gzipped().len() as u64
+        } else {
+            spec.local.content.len() as u64
+        });
         bar.set_message(spec.label);
         if let Some(dir) = spec.remote.parent().filter(|d| *d != layout.dir) {
             upload::ensure_dir(&remote, dir)?;
         }
-        let outcome = upload::sync_file(&remote, &sftp, spec, &mut |n| bar.set_position(n))
+        let outcome = upload::sync_file(&remote, &sftp, spec, gzip, &mut |n| bar.set_position(n))
             .with_context(|| format!("uploading the {}", spec.label))?;
         match outcome {
             Outcome::Unchanged => unchanged.push(spec.label),
-            Outcome::Uploaded(n) => {
+            Outcome::Uploaded { bytes: b, sent: s } => {
                 uploaded.push(spec.label);
-                bytes += n;
+                bytes += b;
+                sent += s;
             }
         }
     }
@@ -472,11 +362,11 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
         Some(pid) if uploaded.is_empty() => format!("already running (pid {pid})"),
         Some(old) => {
             remote::stop(&remote, &layout, ctx.stop_grace)?;
-            let pid = remote::start(&remote, &layout, ctx.startup_check)?;
+            let pid = remote::start(&remote, &layout, ctx.mode, ctx.startup_check)?;
             format!("restarted (pid {old} -> {pid})")
         }
         None => {
-            let pid = remote::start(&remote, &layout, ctx.startup_check)?;
+            let pid = remote::start(&remote, &layout, ctx.mode, ctx.startup_check)?;
             format!("started (pid {pid})")
         }
     };
@@ -485,9 +375,14 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
         format!("nothing uploaded ({} files unchanged)", unchanged.len())
     } else {
         format!(
-            "uploaded {} ({}){}",
+            "uploaded {} ({}{}){}",
             uploaded.join(", "),
             human_bytes(bytes),
+            if sent < bytes {
+                format!(", {} sent gzip", human_bytes(sent))
+            } else {
+                String::new()
+            },
             if unchanged.is_empty() {
                 String::new()
             } else {
@@ -495,6 +390,15 @@ fn host_up(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<HostResu
             }
         )
     });
+    detail.push(format!(
+        "worker {} ({}{})",
+        human_bytes(binary.file.content.len() as u64),
+        binary.built.as_deref().unwrap_or("the inventory's binary"),
+        match ctx.mode {
+            WorkerMode::Agent => ", agent",
+            WorkerMode::Once => ", one run",
+        }
+    ));
     detail.extend(key_note(&remote));
     Ok(HostResult {
         host: host.clone(),
@@ -511,7 +415,25 @@ fn host_status(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<Host
         Some(pid) => format!("running (pid {pid})"),
         None => "not running".to_string(),
     };
-    let heartbeat = report::heartbeat_cell(ctx.status.as_ref(), &host.worker_id, report::now_ms());
+    let state = ctx
+        .state_files
+        .get(&host.name)
+        .and_then(|f| remote::read_state(&remote, &layout, f));
+    let serving = state
+        .as_ref()
+        .filter(|s| s.state == "serving")
+        .and_then(|s| s.run_id.clone());
+    let run = match &state {
+        Some(s) if s.state == "serving" => s.run_id.clone().unwrap_or_else(|| "?".into()),
+        Some(s) => s.state.clone(),
+        None => "-".to_string(),
+    };
+    let heartbeat = report::heartbeat_cell(
+        ctx.status.as_ref(),
+        &host.worker_id,
+        serving.as_deref(),
+        report::now_ms(),
+    );
     let reachable = match key_note(&remote) {
         Some(note) => format!("yes; {note}"),
         None => "yes".to_string(),
@@ -519,7 +441,7 @@ fn host_status(ctx: &Ctx, host: &Host, bar: &ProgressBar) -> anyhow::Result<Host
     Ok(HostResult {
         host: host.clone(),
         ok: true,
-        cells: vec![reachable, worker, heartbeat],
+        cells: vec![reachable, worker, run, heartbeat],
         text: None,
     })
 }
@@ -599,7 +521,14 @@ fn print_results(action: Action, results: &[HostResult]) {
         }
     }
     let header: &[&str] = match action {
-        Action::Status => &["HOST", "ADDRESS", "REACHABLE", "WORKER", "LAST HEARTBEAT"],
+        Action::Status => &[
+            "HOST",
+            "ADDRESS",
+            "REACHABLE",
+            "WORKER",
+            "RUN",
+            "LAST HEARTBEAT",
+        ],
         _ => &["HOST", "ADDRESS", "RESULT", "DETAIL"],
     };
     let rows: Vec<Vec<String>> = results

@@ -2,13 +2,16 @@
 //!
 //! Layout of the remote directory:
 //! `worker` (binary), `worker.json` (config), `lib/libonnxruntime.so`,
-//! `worker.log` (stdout and stderr, appended), `worker.pid`.
+//! `worker.log` (stdout and stderr, appended), `worker.pid`,
+//! `data/hermes.key` (the run key), and the worker's state file in its
+//! working directory (`data/worker/<id>/state.json` by default).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::inventory::WorkerMode;
 use super::session::{quote_path, Remote};
 
 /// Paths of the deployed files inside one remote directory.
@@ -97,12 +100,21 @@ pub fn running_pid(remote: &Remote, layout: &Layout) -> anyhow::Result<Option<u3
 /// Starts the worker detached (new session, immune to hangup, stdin from
 /// /dev/null, output appended to the log) and records its pid. Then waits
 /// `check` and makes sure it is still alive, explaining why when it is not.
-pub fn start(remote: &Remote, layout: &Layout, check: Duration) -> anyhow::Result<u32> {
+pub fn start(
+    remote: &Remote,
+    layout: &Layout,
+    mode: WorkerMode,
+    check: Duration,
+) -> anyhow::Result<u32> {
+    let flags = match mode {
+        WorkerMode::Agent => " --agent",
+        WorkerMode::Once => "",
+    };
     let command = format!(
         "cd {dir} || exit 1; \
          if command -v setsid >/dev/null 2>&1; then S=setsid; else S=; fi; \
          echo \"=== master deploy: starting worker at $(date -u '+%Y-%m-%dT%H:%M:%SZ') ===\" >> {log}; \
-         ORT_DYLIB_PATH={ort} $S nohup {bin} --conf {conf} >> {log} 2>&1 < /dev/null & \
+         ORT_DYLIB_PATH={ort} $S nohup {bin} --conf {conf}{flags} >> {log} 2>&1 < /dev/null & \
          echo $! > {pidfile}; cat {pidfile}",
         dir = quote_path(&layout.dir),
         log = quote_path(&layout.log()),
@@ -215,7 +227,8 @@ fn signal(remote: &Remote, pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The last `lines` lines of the worker's log.
+/// The last `lines` lines of the worker's log, without terminal escape
+/// sequences (an older worker may have written colour codes).
 pub fn tail_log(remote: &Remote, layout: &Layout, lines: usize) -> anyhow::Result<String> {
     let out = remote.exec(&format!("tail -n {lines} {}", quote_path(&layout.log())))?;
     if !out.success() {
@@ -225,7 +238,56 @@ pub fn tail_log(remote: &Remote, layout: &Layout, lines: usize) -> anyhow::Resul
             out.stderr.trim()
         );
     }
-    Ok(out.stdout)
+    Ok(strip_ansi(&out.stdout))
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`, and a lone `ESC x`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
+/// What a deployed worker's state file says.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct WorkerState {
+    /// `idle`, `serving` or `exited`.
+    pub state: String,
+    /// The run served.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// The process that wrote it.
+    #[serde(default)]
+    pub pid: u32,
+}
+
+/// Reads the worker's state file (`state_file` relative to the remote
+/// directory unless absolute); `None` when missing or unreadable.
+pub fn read_state(remote: &Remote, layout: &Layout, state_file: &Path) -> Option<WorkerState> {
+    let path = layout.dir.join(state_file);
+    let out = remote
+        .exec(&format!("cat {} 2>/dev/null", quote_path(&path)))
+        .ok()?;
+    if !out.success() {
+        return None;
+    }
+    serde_json::from_str(&out.stdout).ok()
 }
 
 #[cfg(test)]
@@ -247,6 +309,15 @@ mod tests {
             m.contains("exited right after") && m.contains("panicked"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn colour_codes_are_removed() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m worker: ok\n"),
+            "2026  INFO worker: ok\n"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 
     #[test]

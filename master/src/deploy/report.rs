@@ -84,11 +84,30 @@ pub fn read_status_file(path: &Path) -> anyhow::Result<Option<WorkerStatusFile>>
     Ok(Some(file))
 }
 
-/// The "last heartbeat" cell for `worker_id`.
-pub fn heartbeat_cell(status: Option<&WorkerStatusFile>, worker_id: &str, now_ms: u64) -> String {
+/// The "last heartbeat" cell for `worker_id`, which serves run `serving`
+/// (from its state file, `None` = idle or unknown). The run of the heartbeat
+/// is named, and a status file of another run than the worker serves is
+/// flagged.
+pub fn heartbeat_cell(
+    status: Option<&WorkerStatusFile>,
+    worker_id: &str,
+    serving: Option<&str>,
+    now_ms: u64,
+) -> String {
     let Some(file) = status else {
         return "no active run".to_string();
     };
+    let cell = heartbeat_of(file, worker_id, now_ms);
+    match serving {
+        Some(run) if run != file.run_id => format!(
+            "{cell}; MISMATCH: the status file is of run {}, the worker serves run {run}",
+            file.run_id
+        ),
+        _ => cell,
+    }
+}
+
+fn heartbeat_of(file: &WorkerStatusFile, worker_id: &str, now_ms: u64) -> String {
     match file.workers.get(worker_id) {
         Some(w) => {
             let age = now_ms.saturating_sub(w.last_heartbeat_ms) as f64 / 1000.0;
@@ -155,11 +174,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            heartbeat_cell(Some(&file), "w1", 3500),
+            heartbeat_cell(Some(&file), "w1", None, 3500),
             "2.5s ago (active), run r1"
         );
-        assert_eq!(heartbeat_cell(Some(&file), "w2", 3500), "never (run r1)");
-        assert_eq!(heartbeat_cell(None, "w1", 0), "no active run");
-        assert!(heartbeat_cell(Some(&file), "w1", 120_000).contains("not updated for 119s"));
+        assert_eq!(
+            heartbeat_cell(Some(&file), "w2", None, 3500),
+            "never (run r1)"
+        );
+        assert_eq!(heartbeat_cell(None, "w1", None, 0), "no active run");
+        assert!(heartbeat_cell(Some(&file), "w1", None, 120_000).contains("not updated for 119s"));
+        assert!(!heartbeat_cell(Some(&file), "w1", Some("r1"), 3500).contains("MISMATCH"));
+        let other = heartbeat_cell(Some(&file), "w1", Some("r2"), 3500);
+        assert!(
+            other.contains("MISMATCH: the status file is of run r1, the worker serves run r2"),
+            "{other}"
+        );
     }
 }

@@ -5,6 +5,11 @@
 //! tool is missing). Otherwise it is written to a temporary name in the same
 //! directory and renamed over the target, so a reader never sees half a file
 //! and a running binary is never overwritten in place.
+//!
+//! Where the host has `gzip`, files of [`COMPRESS_FROM`] bytes or more
+//! travel gzip-compressed (compressed once, shared by all hosts) and are
+//! unpacked on the host into the temporary name; the unpacked file's
+//! checksum is checked before it is moved into place.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,6 +22,8 @@ use super::session::{quote_path, Remote};
 
 /// Size of one SFTP write.
 const CHUNK: usize = 64 * 1024;
+/// Files this large or larger are sent compressed where the host can unpack them.
+pub const COMPRESS_FROM: usize = 64 * 1024;
 
 /// A local file's content and checksum, read once and shared by all hosts.
 #[derive(Debug)]
@@ -25,13 +32,29 @@ pub struct LocalFile {
     pub content: Vec<u8>,
     /// Hex SHA-256 of the bytes.
     pub sha256: String,
+    /// The gzip form, made the first time a host takes it.
+    gzip: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl LocalFile {
     /// Wraps `content`.
     pub fn from_bytes(content: Vec<u8>) -> Self {
         let sha256 = hex::encode(Sha256::digest(&content));
-        Self { content, sha256 }
+        Self {
+            content,
+            sha256,
+            gzip: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The content gzip-compressed (computed once).
+    pub fn gzipped(&self) -> &[u8] {
+        self.gzip.get_or_init(|| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            // Writing to a Vec cannot fail.
+            let _ = enc.write_all(&self.content);
+            enc.finish().unwrap_or_default()
+        })
     }
 
     /// Reads the local file `path` (`what` names it in errors).
@@ -60,15 +83,30 @@ pub struct FileSpec {
 pub enum Outcome {
     /// The remote copy already had the same checksum.
     Unchanged,
-    /// The file was uploaded (this many bytes).
-    Uploaded(u64),
+    /// The file was uploaded.
+    Uploaded {
+        /// Its size.
+        bytes: u64,
+        /// Bytes that crossed the link (less when compressed).
+        sent: u64,
+    },
 }
 
-/// Makes the remote copy of `spec` match; `progress` gets bytes written so far.
+/// Whether the host can unpack gzip (`gzip` on its PATH).
+pub fn remote_has_gzip(remote: &Remote) -> bool {
+    remote
+        .exec("command -v gzip >/dev/null 2>&1 && echo yes")
+        .map(|o| o.success() && o.stdout.trim() == "yes")
+        .unwrap_or(false)
+}
+
+/// Makes the remote copy of `spec` match; `progress` gets bytes written so
+/// far; `gzip`: the host can unpack gzip (see [`remote_has_gzip`]).
 pub fn sync_file(
     remote: &Remote,
     sftp: &ssh2::Sftp,
     spec: &FileSpec,
+    gzip: bool,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<Outcome> {
     if remote_sha256(remote, sftp, &spec.remote)?.as_deref() == Some(spec.local.sha256.as_str()) {
@@ -81,18 +119,64 @@ pub fn sync_file(
         return Ok(Outcome::Unchanged);
     }
     let tmp = temp_name(&spec.remote);
-    if let Err(e) = write_file(sftp, &tmp, spec, progress) {
-        // Measure free space while the partial file still fills the disk.
-        let e = explain_write_error(remote, &spec.remote, e);
-        let _ = sftp.unlink(&tmp);
-        return Err(e);
-    }
+    let packed = gzip && spec.local.content.len() >= COMPRESS_FROM;
+    let sent = if packed {
+        let gz = tmp.with_file_name(format!(
+            "{}.gz",
+            tmp.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        let bytes = spec.local.gzipped();
+        if let Err(e) = write_file(sftp, &gz, bytes, 0o600, progress) {
+            let e = explain_write_error(remote, &spec.remote, e);
+            let _ = sftp.unlink(&gz);
+            return Err(e);
+        }
+        let unpack = format!(
+            "gzip -dc {gz} > {tmp} && rm -f {gz} && chmod {mode:o} {tmp}",
+            gz = quote_path(&gz),
+            tmp = quote_path(&tmp),
+            mode = spec.mode
+        );
+        if let Err(e) = remote.exec_ok(&unpack) {
+            let _ = sftp.unlink(&gz);
+            let _ = sftp.unlink(&tmp);
+            return Err(explain_write_error(
+                remote,
+                &spec.remote,
+                e.context("unpacking the gzip upload failed"),
+            ));
+        }
+        if let Some(got) = remote_sha256(remote, sftp, &tmp)? {
+            if got != spec.local.sha256 {
+                let _ = sftp.unlink(&tmp);
+                bail!(
+                    "{} unpacked with SHA-256 {got}, expected {}",
+                    spec.remote.display(),
+                    spec.local.sha256
+                );
+            }
+        }
+        bytes.len() as u64
+    } else {
+        if let Err(e) = write_file(sftp, &tmp, &spec.local.content, spec.mode, progress) {
+            // Measure free space while the partial file still fills the disk.
+            let e = explain_write_error(remote, &spec.remote, e);
+            let _ = sftp.unlink(&tmp);
+            return Err(e);
+        }
+        spec.local.content.len() as u64
+    };
     let rename = format!("mv -f {} {}", quote_path(&tmp), quote_path(&spec.remote));
     if let Err(e) = remote.exec_ok(&rename) {
         let _ = sftp.unlink(&tmp);
         return Err(e.context(format!("cannot move {} into place", spec.remote.display())));
     }
-    Ok(Outcome::Uploaded(spec.local.content.len() as u64))
+    Ok(Outcome::Uploaded {
+        bytes: spec.local.content.len() as u64,
+        sent,
+    })
 }
 
 /// `<dir>/.<name>.tmp-<pid>`: hidden, in the destination directory (same filesystem).
@@ -107,19 +191,20 @@ fn temp_name(target: &Path) -> PathBuf {
 fn write_file(
     sftp: &ssh2::Sftp,
     path: &Path,
-    spec: &FileSpec,
+    content: &[u8],
+    mode: i32,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<()> {
     let mut file = sftp
         .open_mode(
             path,
             ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::TRUNCATE,
-            spec.mode,
+            mode,
             ssh2::OpenType::File,
         )
         .map_err(|e| anyhow!("cannot create {}: {e}", path.display()))?;
     let mut written = 0u64;
-    for chunk in spec.local.content.chunks(CHUNK) {
+    for chunk in content.chunks(CHUNK) {
         file.write_all(chunk)
             .map_err(|e| anyhow!("SFTP write to {} failed: {e}", path.display()))?;
         written += chunk.len() as u64;
@@ -135,7 +220,7 @@ fn write_file(
             size: None,
             uid: None,
             gid: None,
-            perm: Some(spec.mode as u32),
+            perm: Some(mode as u32),
             atime: None,
             mtime: None,
         },

@@ -1,7 +1,8 @@
 //! Generates each host's worker configuration from the base worker config.
 //!
-//! Only three things change: `worker_id`, `kafka.brokers` (when a broker
-//! address is given) and whatever the host's `overrides` object sets. The
+//! Only these change: `worker_id`, `kafka.brokers` (when a broker address is
+//! given), `run_id` (when the inventory pins one), then whatever the
+//! inventory's and the host's `overrides` objects set, in that order. The
 //! worker rejects unknown fields, so nothing else is added.
 
 use anyhow::{bail, Context};
@@ -9,13 +10,15 @@ use serde_json::{Map, Value};
 
 /// Builds the worker config for one host.
 ///
-/// `base` must be a JSON object; `overrides` (an object) is deep-merged last,
-/// so a host can override even the broker address.
+/// `base` must be a JSON object; `overrides` (objects: the inventory's,
+/// then the host's) are deep-merged last, so a host can override even the
+/// broker address.
 pub fn generate(
     base: &Value,
     worker_id: &str,
     brokers: Option<&str>,
-    overrides: &Value,
+    run_id: Option<&str>,
+    overrides: &[&Value],
 ) -> anyhow::Result<Value> {
     let Value::Object(base_map) = base else {
         bail!("the base worker config must be a JSON object");
@@ -28,11 +31,16 @@ pub fn generate(
         kafka.insert("brokers".into(), Value::String(brokers.to_string()));
         fixed.insert("kafka".into(), Value::Object(kafka));
     }
-    deep_merge(&mut config, &Value::Object(fixed));
-    if !overrides.is_object() {
-        bail!("`overrides` must be a JSON object");
+    if let Some(run) = run_id {
+        fixed.insert("run_id".into(), Value::String(run.to_string()));
     }
-    deep_merge(&mut config, overrides);
+    deep_merge(&mut config, &Value::Object(fixed));
+    for o in overrides {
+        if !o.is_object() {
+            bail!("`overrides` must be a JSON object");
+        }
+        deep_merge(&mut config, o);
+    }
     Ok(config)
 }
 
@@ -42,6 +50,17 @@ pub fn wants_run_key(config: &Value) -> bool {
     let kafka = &config["kafka"];
     !kafka["insecure"].as_bool().unwrap_or(false)
         && kafka["hmac_key_file"].as_str().is_none_or(str::is_empty)
+}
+
+/// Where the worker of a generated config writes its state file, relative
+/// to the remote directory unless absolute (`work_dir`, else the default
+/// `data/worker/<id>`).
+pub fn state_file(config: &Value) -> std::path::PathBuf {
+    let dir = match config["work_dir"].as_str() {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
+        _ => common::config::default_worker_dir(config["worker_id"].as_str().unwrap_or("")),
+    };
+    dir.join(common::config::WORKER_STATE_FILE)
 }
 
 /// Reads the base worker config file.
@@ -78,7 +97,8 @@ mod tests {
             &base,
             "w7",
             Some("10.0.0.1:9092"),
-            &json!({"training": {"epochs": 3}}),
+            None,
+            &[&json!({"training": {"epochs": 3}})],
         )
         .unwrap();
         assert_eq!(out["worker_id"], "w7");
@@ -90,7 +110,7 @@ mod tests {
     #[test]
     fn keeps_base_brokers_when_none_given() {
         let base = json!({"kafka": {"brokers": "b:9092"}});
-        let out = generate(&base, "w1", None, &json!({})).unwrap();
+        let out = generate(&base, "w1", None, None, &[]).unwrap();
         assert_eq!(out["kafka"]["brokers"], "b:9092");
         assert_eq!(out["worker_id"], "w1");
     }
@@ -107,7 +127,35 @@ mod tests {
 
     #[test]
     fn rejects_non_objects() {
-        assert!(generate(&json!([1]), "w", None, &json!({})).is_err());
-        assert!(generate(&json!({}), "w", None, &json!(3)).is_err());
+        assert!(generate(&json!([1]), "w", None, None, &[]).is_err());
+        assert!(generate(&json!({}), "w", None, None, &[&json!(3)]).is_err());
+    }
+
+    #[test]
+    fn the_inventorys_run_and_overrides_come_before_the_hosts() {
+        let base = json!({"run_id": null, "slowdown": 1.0, "heartbeat_secs": 2});
+        let out = generate(
+            &base,
+            "w1",
+            None,
+            Some("exp-4"),
+            &[
+                &json!({"slowdown": 3.0, "heartbeat_secs": 5}),
+                &json!({"slowdown": 2.0}),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out["run_id"], "exp-4");
+        assert_eq!(out["slowdown"], 2.0);
+        assert_eq!(out["heartbeat_secs"], 5);
+        assert_eq!(
+            state_file(&out),
+            std::path::PathBuf::from("data/worker/w1/state.json")
+        );
+        let own = json!({"worker_id": "a b", "work_dir": "/srv/w"});
+        assert_eq!(
+            state_file(&own),
+            std::path::PathBuf::from("/srv/w/state.json")
+        );
     }
 }

@@ -153,11 +153,11 @@ mod tests {
         status.write_at(&workers(), 900).unwrap();
         let file = read_status_file(status.path()).unwrap().unwrap();
         assert_eq!(
-            heartbeat_cell(Some(&file), "w1", 3500),
+            heartbeat_cell(Some(&file), "w1", None, 3500),
             "2.5s ago (active), run r1"
         );
         assert_eq!(
-            heartbeat_cell(Some(&file), "w2", 3500),
+            heartbeat_cell(Some(&file), "w2", None, 3500),
             "3.1s ago (gone), run r1"
         );
         status.remove().unwrap();

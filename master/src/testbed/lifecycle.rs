@@ -337,7 +337,7 @@ pub fn start_workers_in_nodes(
             crate::deploy::workerconf::deep_merge(&mut fixed, o);
         }
         let mut config =
-            crate::deploy::workerconf::generate(&base, &n.name, Some(&bootstrap), &fixed)?;
+            crate::deploy::workerconf::generate(&base, &n.name, Some(&bootstrap), None, &[&fixed])?;
         if crate::deploy::workerconf::wants_run_key(&config) {
             // The master's run key, named absolutely: the worker may run
             // anywhere, it reads the same file.

@@ -34,6 +34,9 @@ pub use state::TestbedState;
 /// `master testbed ...`
 #[derive(Args, Debug)]
 pub struct TestbedArgs {
+    /// The testbed profile (default `conf/testbed.json`).
+    #[arg(long, global = true)]
+    pub conf: Option<PathBuf>,
     /// Folder of the testbeds' state files.
     #[arg(long, default_value = state::DEFAULT_STATE_DIR, global = true)]
     pub state_dir: PathBuf,
