@@ -62,7 +62,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command) -> Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env_remove("RUST_LOG")
