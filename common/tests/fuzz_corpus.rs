@@ -116,6 +116,8 @@ corpus_tests! {
     protocol_control => PROTOCOL_CONTROL,
     protocol_model => PROTOCOL_MODEL,
     protocol_assignment => PROTOCOL_ASSIGNMENT,
+    agents_control => AGENTS_CONTROL,
+    agents_status => AGENTS_STATUS,
     shard_wire => SHARD_WIRE,
     manifest => MANIFEST,
     config => CONFIG,
@@ -123,7 +125,7 @@ corpus_tests! {
 
 #[test]
 fn every_target_has_a_corpus_test() {
-    assert_eq!(targets::all().len(), 11);
+    assert_eq!(targets::all().len(), 13);
 }
 
 /// The same seed gives the same inputs, so a crash reproduces.

@@ -11,6 +11,8 @@
 //! | `protocol_control`  | `protocol::decode::<ControlMessage>`                        |
 //! | `protocol_model`    | `protocol::decode::<GlobalModel>`                           |
 //! | `protocol_assignment` | `protocol::decode::<Assignment>`                          |
+//! | `agents_control`    | `protocol::decode::<AgentControl>` (run offers)             |
+//! | `agents_status`     | `protocol::decode::<AgentStatus>` (agent announcements)     |
 //! | `shard_wire`        | `Dataset::from_bytes`                                       |
 //! | `manifest`          | `Manifest::parse`                                           |
 //! | `config`            | `config::load_str_with_env` of a worker/master-like config |
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::agents::{AgentAnnounce, AgentControl, AgentStatus, RunOpen};
 use common::auth::HmacKey;
 use common::chunking::{self, Chunk, ChunkError, ChunkLimits, ChunkRef, Reassembler};
 use common::config::{self, ConfigError, KafkaConfig, LoggingConfig};
@@ -56,6 +59,8 @@ pub fn all() -> Vec<Target> {
         PROTOCOL_CONTROL,
         PROTOCOL_MODEL,
         PROTOCOL_ASSIGNMENT,
+        AGENTS_CONTROL,
+        AGENTS_STATUS,
         SHARD_WIRE,
         MANIFEST,
         CONFIG,
@@ -622,6 +627,51 @@ fn control_seeds() -> Vec<Vec<u8>> {
     ])
 }
 
+fn agents_control_seeds() -> Vec<Vec<u8>> {
+    enc(&[
+        AgentControl::RunOpen(RunOpen {
+            run_id: "exp-1".into(),
+            master_incarnation: 99,
+            invite: vec![],
+            overrides_json: "{}".into(),
+            per_agent_json: vec![],
+            policy: "hermes".into(),
+        }),
+        AgentControl::RunOpen(RunOpen {
+            run_id: "exp-2".into(),
+            master_incarnation: u64::MAX,
+            invite: vec!["pi-1".into(), "pi-2".into()],
+            overrides_json: r#"{"slowdown": 2.0, "logging": {"level": "debug"}}"#.into(),
+            per_agent_json: vec![("pi-1".into(), r#"{"heartbeat_secs": 1}"#.into())],
+            policy: "bsp".into(),
+        }),
+        AgentControl::RunClosed {
+            run_id: "exp-1".into(),
+            master_incarnation: 99,
+        },
+    ])
+}
+
+fn agents_status_seeds() -> Vec<Vec<u8>> {
+    let announce = |serving: Option<&str>, declined: Option<(&str, &str)>| {
+        AgentStatus::Announce(AgentAnnounce {
+            agent_id: "pi-1".into(),
+            incarnation: 7,
+            hostname: "raspberrypi".into(),
+            arch: "aarch64".into(),
+            cores: 4,
+            version: "0.1.0".into(),
+            serving: serving.map(str::to_string),
+            declined: declined.map(|(r, why)| (r.to_string(), why.to_string())),
+        })
+    };
+    enc(&[
+        announce(None, None),
+        announce(Some("exp-1"), None),
+        announce(None, Some(("exp-2", "the offer's overrides set `kafka`"))),
+    ])
+}
+
 fn model_seeds() -> Vec<Vec<u8>> {
     enc(&[
         GlobalModel {
@@ -755,6 +805,18 @@ protocol_target!(
     control_seeds
 );
 protocol_target!(PROTOCOL_MODEL, "protocol_model", GlobalModel, model_seeds);
+protocol_target!(
+    AGENTS_CONTROL,
+    "agents_control",
+    AgentControl,
+    agents_control_seeds
+);
+protocol_target!(
+    AGENTS_STATUS,
+    "agents_status",
+    AgentStatus,
+    agents_status_seeds
+);
 protocol_target!(
     PROTOCOL_ASSIGNMENT,
     "protocol_assignment",
@@ -1093,7 +1155,7 @@ pub const MANIFEST: Target = Target {
 #[serde(default, deny_unknown_fields)]
 struct NodeConfig {
     worker_id: String,
-    run_id: String,
+    run_id: Option<String>,
     heartbeat_secs: u64,
     register_retry_secs: u64,
     master_wait_secs: u64,
@@ -1128,7 +1190,12 @@ fn run_config(input: &[u8]) -> &'static str {
     match config::load_str_with_env::<NodeConfig, _>(text, Path::new("fuzz.json"), env) {
         Ok(cfg) => {
             if validate_id("worker id", &cfg.worker_id).is_err()
-                || EnvelopeCodec::try_new(cfg.run_id.clone(), None, cfg.kafka.chunk_bytes).is_err()
+                || EnvelopeCodec::try_new(
+                    cfg.run_id.clone().unwrap_or_else(|| "demo".into()),
+                    None,
+                    cfg.kafka.chunk_bytes,
+                )
+                .is_err()
             {
                 return "ok_bad_id";
             }
