@@ -193,6 +193,10 @@ struct Worker {
     last_heard: Instant,
     /// The current silence was reported already.
     silence_reported: bool,
+    /// When to send the next registration (until welcomed); brought
+    /// forward when the master is first heard, so a worker that started
+    /// before the master registers as soon as the master listens.
+    next_register: Instant,
 }
 
 impl Worker {
@@ -237,6 +241,7 @@ impl Worker {
             shards: VecDeque::new(),
             last_heard: Instant::now(),
             silence_reported: false,
+            next_register: Instant::now(),
         }
     }
 
@@ -260,11 +265,10 @@ impl Worker {
             );
         }
         let started = Instant::now();
-        let mut next_register = Instant::now();
         let mut next_heartbeat = Instant::now();
         loop {
             let now = Instant::now();
-            if !self.welcomed && now >= next_register {
+            if !self.welcomed && now >= self.next_register {
                 if let Some(wait) = self.master_wait.filter(|w| started.elapsed() > *w) {
                     anyhow::bail!(
                         "no answer from the master within {} s (run `{}`)",
@@ -274,7 +278,7 @@ impl Worker {
                 }
                 let msg = StatusMessage::Register(self.registration.clone());
                 self.send_status(&msg, "registration").await;
-                next_register = now + Duration::from_secs(self.cfg.register_retry_secs.max(1));
+                self.next_register = now + Duration::from_secs(self.cfg.register_retry_secs.max(1));
             }
             self.check_master_silence(now)?;
             if self.welcomed && now >= next_heartbeat {
@@ -297,7 +301,7 @@ impl Worker {
             let wake = if self.welcomed {
                 next_heartbeat
             } else {
-                next_register
+                self.next_register
             };
             let job = &mut self.job;
             let job_done = async {
@@ -474,6 +478,12 @@ impl Worker {
                     tracing::warn!(master = %d.sender, "the master does not know this worker (declared gone, or restarted): registering again");
                 }
                 self.welcomed = false;
+                None
+            }
+            ControlMessage::Alive { .. } if !self.welcomed => {
+                // The master listens now: a registration sent before it
+                // started was lost, so register again at once.
+                self.next_register = Instant::now();
                 None
             }
             ControlMessage::Unknown { .. } | ControlMessage::Alive { .. } => None,

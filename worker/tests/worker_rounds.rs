@@ -612,3 +612,65 @@ async fn a_silent_master_is_waited_for_then_given_up_on() {
     assert!(log.contains("no word from the master"), "{log}");
     assert!(log.contains("has been silent for"), "{log}");
 }
+
+/// A worker that started before its master registers as soon as the master
+/// speaks, not a `register_retry_secs` later: its first registration went
+/// out while nobody listened; the master's first "alive" brings the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_the_master_registers_when_the_master_speaks() {
+    let m = FakeMaster::start_with(
+        "late-master",
+        1.0,
+        serde_json::json!({"register_retry_secs": 600}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !m.worker_log().contains("registering with the master") {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never registered:\n{}",
+            m.worker_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first registration is out, unheard; now "the master" listens.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut late = m
+        .master
+        .receiver(&[m.topics.status()], "late-master", StartAt::End)
+        .await
+        .expect("receiver");
+    // One poll, so the receiver has its position before the master speaks.
+    let early = late
+        .recv_timeout(Duration::from_secs(1))
+        .await
+        .expect("recv");
+    assert!(
+        early.is_none(),
+        "a record before the master spoke: {early:?}"
+    );
+    m.control(ControlMessage::Alive { version: 0 }).await;
+    let spoke = Instant::now();
+    let mut registered = false;
+    while !registered && spoke.elapsed() < Duration::from_secs(60) {
+        if let Some(d) = late
+            .recv_timeout(Duration::from_millis(500))
+            .await
+            .expect("recv")
+        {
+            registered = matches!(
+                d.decode::<StatusMessage>(LIMIT),
+                Ok(StatusMessage::Register(_))
+            );
+        }
+    }
+    assert!(
+        registered,
+        "no registration within 60 s of the master's first word (the retry is 600 s):\n{}",
+        m.worker_log()
+    );
+    eprintln!(
+        "registered {:.2} s after the master's first alive",
+        spoke.elapsed().as_secs_f64()
+    );
+}
