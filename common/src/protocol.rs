@@ -273,6 +273,11 @@ pub enum Assignment {
     Package(ModelPackage),
     /// The next shard.
     Shard(ShardAssignment),
+    /// The newest global model, sent just before a shard when the worker
+    /// has an older one (`model_delivery: targeted`): a worker downloads
+    /// only the version it will train from, never one a newer version
+    /// superseded while it was busy.
+    Global(GlobalModel),
 }
 
 /// Master → workers messages on the control stream (broadcast; each says whom it is for).

@@ -58,6 +58,22 @@ pub struct MasterConfig {
     /// Which long-lived workers (agents) the run is opened to, and what
     /// their configuration should change for it.
     pub agents: AgentsConfig,
+    /// How new global versions reach the workers: `targeted` (the newest
+    /// version goes to a worker with its next shard, on its own topic, so a
+    /// slow link never carries a superseded version) or `broadcast` (every
+    /// version on the shared model topic, read by every worker).
+    pub model_delivery: ModelDelivery,
+}
+
+/// See [`MasterConfig::model_delivery`].
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDelivery {
+    /// The newest version with each shard, to that worker only.
+    #[default]
+    Targeted,
+    /// Every version to every worker on the model topic.
+    Broadcast,
 }
 
 /// The run's offer to agents (`worker --agent`, see `common::agents`).
@@ -108,6 +124,7 @@ impl Default for MasterConfig {
             policy: PolicyConfig::default(),
             stop: StopConfig::default(),
             agents: AgentsConfig::default(),
+            model_delivery: ModelDelivery::default(),
         }
     }
 }

@@ -69,6 +69,9 @@ struct Master {
     last_status_write: Instant,
     /// When the last "alive" message went out.
     last_alive: Option<Instant>,
+    /// Per worker: the newest global version sent to it (package or
+    /// targeted global), for `model_delivery: targeted`.
+    model_sent: std::collections::HashMap<String, u64>,
     /// What judging the checkpointed version on resume asked for (a stop,
     /// when the dead master had reached its goal), done first.
     resumed_actions: Vec<Action>,
@@ -206,6 +209,7 @@ impl Master {
             failed_probes_seen: 0,
             last_status_write: Instant::now(),
             last_alive: None,
+            model_sent: Default::default(),
             resumed_actions: Vec::new(),
             cfg,
         };
@@ -396,11 +400,13 @@ impl Master {
             version,
             parameters: self.coord.global().to_vec(),
         };
-        let topics = self.transport.topics().clone();
-        self.transport
-            .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
-            .await
-            .context("broadcast global model")?;
+        if self.cfg.model_delivery == crate::config::ModelDelivery::Broadcast {
+            let topics = self.transport.topics().clone();
+            self.transport
+                .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
+                .await
+                .context("broadcast global model")?;
+        }
         checkpoint::save(&self.outputs.run_dir(), &self.coord.checkpoint())?;
         if let Some(d) = commit {
             if let Err(e) = self.rx.commit(&d) {
@@ -501,6 +507,7 @@ impl Master {
             .await
             .context("send model package")?;
         tracing::info!(worker = %id, bytes = report.bytes, records = report.records, version = self.coord.version(), "model package sent");
+        self.model_sent.insert(id.to_string(), self.coord.version());
         Ok(())
     }
 
@@ -510,13 +517,28 @@ impl Master {
         shard: &crate::allocation::Shard,
         round: u64,
     ) -> anyhow::Result<()> {
+        let topics = self.transport.topics().clone();
+        let version = self.coord.version();
+        let targeted = self.cfg.model_delivery == crate::config::ModelDelivery::Targeted;
+        if targeted && self.model_sent.get(id).is_some_and(|&v| v < version) {
+            // The newest version first, on the same ordered stream: the
+            // worker adopts it at the start of this shard's round.
+            let global = Assignment::Global(GlobalModel {
+                version,
+                parameters: self.coord.global().to_vec(),
+            });
+            self.transport
+                .send(&topics.shard(id), MASTER_ID, MessageKind::Shard, &global)
+                .await
+                .context("send the global model with a shard")?;
+            self.model_sent.insert(id.to_string(), version);
+        }
         let data = self.workload.shard_bytes(&shard.indices)?;
         let msg = Assignment::Shard(ShardAssignment {
             shard_id: shard.id,
             round,
             data,
         });
-        let topics = self.transport.topics().clone();
         self.transport
             .send(&topics.shard(id), MASTER_ID, MessageKind::Shard, &msg)
             .await

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cluster::Cluster;
 use common::envelope::MessageKind;
-use common::protocol::{GlobalModel, Registration, StatusMessage, UpdateDelta};
+use common::protocol::{Assignment, GlobalModel, Registration, StatusMessage, UpdateDelta};
 use common::transport::{StartAt, Transport};
 use serde_json::json;
 
@@ -95,6 +95,73 @@ fn three_workers_reach_target_and_stragglers_get_smaller_shards() {
     let (fast, slow) = (mean("w1").min(mean("w2")), mean("w3"));
     println!("mean shard after round 3: fastest {fast:.0}, straggler {slow:.0}");
     assert!(slow < fast, "straggler {slow} vs fast {fast}");
+
+    // Targeted delivery (the default): nothing on the shared model topic;
+    // each worker's own stream has globals only just before shards, in
+    // rising versions, so no worker was sent a superseded version.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let kafka = common::config::KafkaConfig {
+            brokers: c.brokers.clone(),
+            ..Default::default()
+        };
+        let probe = Transport::connect_with_key(&kafka, &c.run_id, "probe", Some(c.key()))
+            .await
+            .expect("connect");
+        let topics = probe.topics().clone();
+        let mut model = probe
+            .receiver(&[topics.model()], "probe-model", StartAt::Beginning)
+            .await
+            .expect("receiver");
+        let on_model = model
+            .recv_timeout(Duration::from_secs(3))
+            .await
+            .expect("recv");
+        assert!(
+            on_model.is_none(),
+            "a record on the model topic: {on_model:?}"
+        );
+        for id in ["w1", "w2", "w3"] {
+            let mut rx = probe
+                .receiver(
+                    &[topics.shard(id)],
+                    &format!("probe-{id}"),
+                    StartAt::Beginning,
+                )
+                .await
+                .expect("receiver");
+            let mut stream = Vec::new();
+            while let Some(d) = rx.recv_timeout(Duration::from_secs(3)).await.expect("recv") {
+                stream.push(d.decode::<Assignment>(64 << 20).expect("assignment"));
+            }
+            let mut last = 0;
+            let mut globals = 0;
+            for (i, a) in stream.iter().enumerate() {
+                match a {
+                    Assignment::Package(p) => last = p.global.version,
+                    Assignment::Global(g) => {
+                        assert!(g.version > last, "{id}: version {} after {last}", g.version);
+                        assert!(
+                            matches!(stream.get(i + 1), Some(Assignment::Shard(_))),
+                            "{id}: a global not followed by its shard"
+                        );
+                        last = g.version;
+                        globals += 1;
+                    }
+                    Assignment::Shard(_) => {}
+                }
+            }
+            let shards = stream
+                .iter()
+                .filter(|a| matches!(a, Assignment::Shard(_)))
+                .count();
+            println!("{id}: {shards} shards, {globals} globals sent");
+            assert!(
+                globals >= 1 && globals <= shards,
+                "{id}: {globals} globals, {shards} shards"
+            );
+        }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +172,8 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         m["stop"]["target_accuracy"] = serde_json::Value::Null;
         m["stop"]["max_versions"] = 12.into();
         m["aggregation"]["max_staleness"] = 2.into();
+        // The intruder reads the versions on the shared model topic.
+        m["model_delivery"] = "broadcast".into();
     });
     let mut master = c.master();
     let mut worker = c.worker("honest", 1.0);

@@ -504,13 +504,18 @@ impl Worker {
                 return;
             }
         };
+        self.take_global(global, &d.sender);
+    }
+
+    /// Keeps `global` as the newest version received, when it checks out.
+    fn take_global(&mut self, global: GlobalModel, sender: &str) {
         let expected = self.param_count.unwrap_or(global.parameters.len());
         if let Err(e) = rounds::check_global(global.version, &global.parameters, expected) {
             self.transport.metrics().reject(match e {
                 rounds::AdoptError::Length { .. } => "bad_parameter_count",
                 rounds::AdoptError::NonFinite { .. } => "non_finite",
             });
-            tracing::warn!(sender = %d.sender, "ignored global model: {e}");
+            tracing::warn!(sender = %sender, "ignored global model: {e}");
             return;
         }
         // Only the newest version is kept; it is adopted at the next round
@@ -580,6 +585,7 @@ impl Worker {
                 );
                 self.shards.push_back(s);
             }
+            Assignment::Global(g) => self.take_global(g, &d.sender),
         }
     }
 

@@ -749,6 +749,10 @@ fn assignment_seeds() -> Vec<Vec<u8>> {
                 .shard_to_bytes(&Shard::new(vec![5, 1, 2]))
                 .expect("valid shard"),
         }),
+        Assignment::Global(GlobalModel {
+            version: 9,
+            parameters: vec![0.5, -1.0, 3e-8],
+        }),
     ])
 }
 
