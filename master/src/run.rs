@@ -227,19 +227,8 @@ impl Master {
         }
         let mut next_tick = Instant::now();
         loop {
-            self.drain_own_logs();
-            let delivery = tokio::select! {
-                d = self.rx.recv_timeout(Duration::from_millis(200)) => d.context("read status/updates/logs")?,
-                _ = tokio::signal::ctrl_c() => return Ok(StopReason::Interrupted),
-            };
-            if let Some(d) = delivery {
-                if let Some(event) = self.event_of(d) {
-                    let actions = self.coord.handle(event, Instant::now());
-                    if let Some(reason) = self.execute(actions).await? {
-                        return Ok(reason);
-                    }
-                }
-            }
+            // The tick first: at start, the first "alive" goes out before
+            // the first wait (workers that started first register at it).
             if Instant::now() >= next_tick || self.coord.training_started().is_none() {
                 next_tick = Instant::now() + Duration::from_millis(200);
                 let failed = self.broker.failed.load(Ordering::Relaxed);
@@ -259,6 +248,24 @@ impl Master {
                 }
                 self.write_status(false);
                 self.say_alive().await;
+            }
+            self.drain_own_logs();
+            let wait = if self.coord.training_started().is_none() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(200)
+            };
+            let delivery = tokio::select! {
+                d = self.rx.recv_timeout(wait) => d.context("read status/updates/logs")?,
+                _ = tokio::signal::ctrl_c() => return Ok(StopReason::Interrupted),
+            };
+            if let Some(d) = delivery {
+                if let Some(event) = self.event_of(d) {
+                    let actions = self.coord.handle(event, Instant::now());
+                    if let Some(reason) = self.execute(actions).await? {
+                        return Ok(reason);
+                    }
+                }
             }
         }
     }

@@ -57,6 +57,10 @@ fn base(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfig, TransportErr
             (cfg.chunk_bytes + 64 * 1024).max(1_000_000).to_string(),
         )
         .set("socket.keepalive.enable", "true")
+        // Small records (registrations, reports, control) go out at once:
+        // with Nagle on, a small write can wait for the previous one's ACK
+        // (up to the peer's delayed-ACK timer, ~40 ms).
+        .set("socket.nagle.disable", "true")
         // librdkafka backs off reconnects up to 10 s by default, so a node
         // could stay deaf for 10 s after a broker returns — longer than a
         // worker's heartbeats may pause. 1 s at most.
