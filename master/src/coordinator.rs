@@ -741,6 +741,10 @@ impl Coordinator {
             self.accepted += 1;
             by.push(a.worker.clone());
         }
+        // Workers the policy held back (a BSP barrier) get their next shard
+        // (with this version) first: their round runs while the master
+        // evaluates and checkpoints the version.
+        self.resume_parked(out);
         out.push(Action::NewVersion {
             version: self.version,
             by,

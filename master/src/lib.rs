@@ -11,6 +11,7 @@
 //! * [`allocation`] — dynamic dataset allocation (shard sizes from measured throughput).
 //! * [`aggregation`] — aggregation weights, update admission, the at-most-once ledger.
 //! * [`policy`] — the sync policy trait and one file per policy (Hermes, BSP, ASP, SSP).
+//! * [`delivery`] — how globals and shards reach workers (targeted or broadcast), sent per worker in order, workers at once.
 //! * [`checkpoint`] — the global model on disk after every version.
 //! * [`outputs`] / [`run_outputs`] — metrics.csv, summary.json, plot, centralized log, status file, progress.
 //! * [`deploy`] — `master deploy`: bootstrap remote workers over SSH.
@@ -26,6 +27,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod coordinator;
+pub mod delivery;
 pub mod deploy;
 pub mod outputs;
 pub mod policy;

@@ -69,9 +69,8 @@ struct Master {
     last_status_write: Instant,
     /// When the last "alive" message went out.
     last_alive: Option<Instant>,
-    /// Per worker: the newest global version sent to it (package or
-    /// targeted global), for `model_delivery: targeted`.
-    model_sent: std::collections::HashMap<String, u64>,
+    /// Which version each worker was sent (`model_delivery`).
+    deliveries: crate::delivery::Deliveries,
     /// What judging the checkpointed version on resume asked for (a stop,
     /// when the dead master had reached its goal), done first.
     resumed_actions: Vec<Action>,
@@ -209,7 +208,7 @@ impl Master {
             failed_probes_seen: 0,
             last_status_write: Instant::now(),
             last_alive: None,
-            model_sent: Default::default(),
+            deliveries: crate::delivery::Deliveries::new(cfg.model_delivery),
             resumed_actions: Vec::new(),
             cfg,
         };
@@ -372,7 +371,31 @@ impl Master {
                     worker,
                     shard,
                     round,
-                } => self.send_shard(&worker, &shard, round).await?,
+                } => {
+                    // The shards queued next to this one (allocation
+                    // records between them are written on the way) go out
+                    // together.
+                    let mut batch = vec![(worker, shard, round)];
+                    while matches!(
+                        queue.front(),
+                        Some(Action::SendShard { .. } | Action::RecordAllocations(_))
+                    ) {
+                        match queue.pop_front() {
+                            Some(Action::SendShard {
+                                worker,
+                                shard,
+                                round,
+                            }) => batch.push((worker, shard, round)),
+                            Some(Action::RecordAllocations(records)) => {
+                                for record in records {
+                                    self.outputs.allocation(&record)?;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    self.send_shards(batch).await?;
+                }
                 Action::RecordAllocations(records) => {
                     for record in records {
                         self.outputs.allocation(&record)?;
@@ -407,7 +430,7 @@ impl Master {
             version,
             parameters: self.coord.global().to_vec(),
         };
-        if self.cfg.model_delivery == crate::config::ModelDelivery::Broadcast {
+        if self.deliveries.broadcasts() {
             let topics = self.transport.topics().clone();
             self.transport
                 .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
@@ -514,43 +537,39 @@ impl Master {
             .await
             .context("send model package")?;
         tracing::info!(worker = %id, bytes = report.bytes, records = report.records, version = self.coord.version(), "model package sent");
-        self.model_sent.insert(id.to_string(), self.coord.version());
+        self.deliveries.package_sent(id, self.coord.version());
         Ok(())
     }
 
-    async fn send_shard(
+    /// Sends a batch of shards (with their globals, see
+    /// [`crate::delivery`]): each worker's in order, the workers at once.
+    async fn send_shards(
         &mut self,
-        id: &str,
-        shard: &crate::allocation::Shard,
-        round: u64,
+        batch: Vec<(String, crate::allocation::Shard, u64)>,
     ) -> anyhow::Result<()> {
         let topics = self.transport.topics().clone();
         let version = self.coord.version();
-        let targeted = self.cfg.model_delivery == crate::config::ModelDelivery::Targeted;
-        if targeted && self.model_sent.get(id).is_some_and(|&v| v < version) {
-            // The newest version first, on the same ordered stream: the
-            // worker adopts it at the start of this shard's round.
-            let global = Assignment::Global(GlobalModel {
-                version,
-                parameters: self.coord.global().to_vec(),
-            });
-            self.transport
-                .send(&topics.shard(id), MASTER_ID, MessageKind::Shard, &global)
-                .await
-                .context("send the global model with a shard")?;
-            self.model_sent.insert(id.to_string(), version);
+        let mut records = Vec::with_capacity(batch.len());
+        for (id, shard, round) in batch {
+            let assignment = ShardAssignment {
+                shard_id: shard.id,
+                round,
+                data: self.workload.shard_bytes(&shard.indices)?,
+            };
+            let recs = self
+                .deliveries
+                .for_shard(&id, version, self.coord.global(), assignment);
+            records.push((topics.shard(&id), recs));
         }
-        let data = self.workload.shard_bytes(&shard.indices)?;
-        let msg = Assignment::Shard(ShardAssignment {
-            shard_id: shard.id,
-            round,
-            data,
-        });
-        self.transport
-            .send(&topics.shard(id), MASTER_ID, MessageKind::Shard, &msg)
-            .await
-            .context("send shard")?;
-        Ok(())
+        let started = Instant::now();
+        let n = records.len();
+        let sent = crate::delivery::send_all(&self.transport, MASTER_ID, records).await;
+        tracing::debug!(
+            workers = n,
+            ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "shards sent"
+        );
+        sent
     }
 
     fn drain_own_logs(&mut self) {

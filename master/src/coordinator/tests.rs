@@ -401,3 +401,37 @@ fn a_shard_issued_again_after_a_lost_report_has_a_new_round_number() {
     let after = c.handle(report("w1", 7, 1), t0 + Duration::from_secs(18));
     assert_eq!(shard_rounds(&after, "w1"), vec![3], "{after:?}");
 }
+
+#[test]
+fn a_bsp_barrier_releases_the_parked_workers_with_the_new_version() {
+    let t0 = Instant::now();
+    let mut c = started("bsp", &["w1", "w2"], t0);
+    // w1 finishes first: its update and report; the barrier parks it.
+    c.handle(update("w1", 1, 10, 0), t0);
+    let parked = c.handle(report("w1", 1, 1), t0);
+    assert!(shard_rounds(&parked, "w1").is_empty(), "{parked:?}");
+    // w2 completes the barrier: w1's next shard goes out before the new
+    // version is evaluated (no tick, no evaluation in between).
+    let a = c.handle(update("w2", 2, 11, 0), t0);
+    let shard_at = a
+        .iter()
+        .position(|x| matches!(x, Action::SendShard { worker, .. } if worker == "w1"));
+    let version_at = a
+        .iter()
+        .position(|x| matches!(x, Action::NewVersion { version: 1, .. }));
+    assert!(
+        matches!((shard_at, version_at), (Some(s), Some(v)) if s < v),
+        "{a:?}"
+    );
+    let after = c.evaluated(
+        TestResult {
+            loss: 1.0,
+            accuracy: 0.5,
+        },
+        t0,
+    );
+    assert!(shard_rounds(&after, "w1").is_empty(), "{after:?}");
+    // w2's own report then gets it its shard directly.
+    let w2 = c.handle(report("w2", 2, 1), t0);
+    assert_eq!(shard_rounds(&w2, "w2").len(), 1, "{w2:?}");
+}
