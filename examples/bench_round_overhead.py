@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Round overhead of BSP on loopback: how much longer a round takes than
+the slowest worker's own round (compute + emulated idle, as it reports).
+
+Runs the real master and 3 real workers (slowdown 1, 2, 4; the workload of
+the performance issue: MLP on mnist_5k) for N versions per setting, in the
+same script: `model_delivery` targeted and broadcast, alternating, R
+repeats. From each run's metrics.csv (one row per version, with its time)
+and summary.json (each worker's mean round time) it takes the median and
+p95 of the time between versions and the overhead above the slowest
+worker. Prints a table, writes data/bench/round_overhead.json.
+
+    bash deploy/kafka/start.sh && cargo build --workspace
+    python3 examples/bench_round_overhead.py [--versions 60] [--repeats 3]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def binary(name):
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = target / "debug" / name
+    if not path.exists():
+        sys.exit(f"{path} missing: run `cargo build --workspace`")
+    return path
+
+
+def one_run(run_id, delivery, versions):
+    env = dict(os.environ, HERMES_RUN_ID=run_id, RUST_LOG="warn")
+    workers = []
+    for i, slowdown in enumerate([1, 2, 4]):
+        workers.append(
+            subprocess.Popen(
+                [binary("worker"), "--id", f"ov{i}"],
+                cwd=ROOT,
+                env=dict(env, HERMES_SLOWDOWN=str(slowdown)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    master_env = dict(
+        env,
+        HERMES_MIN_WORKERS="3",
+        HERMES_POLICY__NAME="bsp",
+        HERMES_MODEL_DELIVERY=delivery,
+        HERMES_STOP__TARGET_ACCURACY="0.999",
+        HERMES_STOP__MAX_VERSIONS=str(versions),
+    )
+    try:
+        done = subprocess.run(
+            [binary("master"), "--conf", "conf/master.json", "--fresh"],
+            cwd=ROOT,
+            env=master_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            sys.exit(f"master failed: {done.stderr.decode()[-2000:]}")
+    finally:
+        for w in workers:
+            try:
+                w.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    run_dir = ROOT / "data" / "runs" / run_id
+    times = []
+    with open(run_dir / "metrics.csv") as f:
+        next(f)
+        for line in f:
+            cells = line.split(",")
+            if int(cells[2]) >= 1:
+                times.append(float(cells[0]))
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    slowest = max(w["mean_round_secs"] for w in summary["workers"].values())
+    return gaps, slowest
+
+
+def p95(values):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(0.95 * len(s)))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--versions", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    results = {}
+    for r in range(args.repeats):
+        for delivery in ["targeted", "broadcast"]:
+            gaps, slowest = one_run(f"overhead-{delivery}-{stamp}-{r}", delivery, args.versions)
+            res = results.setdefault(delivery, {"gaps": [], "slowest": []})
+            res["gaps"].extend(gaps)
+            res["slowest"].append(slowest)
+            print(f"  {delivery} #{r + 1}: median round {statistics.median(gaps) * 1e3:.1f} ms", flush=True)
+            time.sleep(1)
+    rows = {}
+    for delivery, res in results.items():
+        med = statistics.median(res["gaps"])
+        slowest = statistics.median(res["slowest"])
+        rows[delivery] = {
+            "rounds": len(res["gaps"]),
+            "median_round_ms": med * 1e3,
+            "p95_round_ms": p95(res["gaps"]) * 1e3,
+            "slowest_worker_round_ms": slowest * 1e3,
+            "median_overhead_ms": (med - slowest) * 1e3,
+            "p95_overhead_ms": (p95(res["gaps"]) - slowest) * 1e3,
+        }
+    base = rows["broadcast"]["median_round_ms"]
+    for row in rows.values():
+        row["ratio_vs_broadcast"] = row["median_round_ms"] / base
+    print(f"BSP, 3 workers (slowdown 1/2/4), MLP on mnist_5k, {args.versions} versions x {args.repeats} runs per setting")
+    print(f"{'delivery':<10} {'rounds':>6} {'median ms':>10} {'p95 ms':>8} {'slowest worker ms':>18} {'overhead ms (med/p95)':>22} {'vs broadcast':>12}")
+    for name, row in rows.items():
+        print(
+            f"{name:<10} {row['rounds']:>6} {row['median_round_ms']:>10.1f} {row['p95_round_ms']:>8.1f} "
+            f"{row['slowest_worker_round_ms']:>18.1f} {row['median_overhead_ms']:>10.1f} / {row['p95_overhead_ms']:<9.1f} "
+            f"{row['ratio_vs_broadcast']:>12.3f}"
+        )
+    out = ROOT / "data" / "bench" / "round_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "bench": "round_overhead",
+                "date": datetime.now(timezone.utc).isoformat(),
+                "machine": os.uname().nodename + f", {os.cpu_count()} cores",
+                "versions": args.versions,
+                "repeats": args.repeats,
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
