@@ -99,20 +99,30 @@ pub async fn run(
 
     // Everything is read from "now" (receivers exist before we register): a
     // stale Stop or package from an earlier run must not reach this one.
-    let receiver = transport
+    // Control has a consumer (and a broker connection) of its own, so a
+    // stop or welcome never waits behind a fetch of bulk model and shard
+    // data on a slow link.
+    let control = transport
         .receiver(
-            &[
-                topics.control(),
-                topics.model(),
-                topics.shard(&cfg.worker_id),
-            ],
+            &[topics.control()],
+            &format!("worker-{}-control", cfg.worker_id),
+            StartAt::End,
+        )
+        .await
+        .context("subscribe to the control topic")?;
+    let data = transport
+        .receiver(
+            &[topics.model(), topics.shard(&cfg.worker_id)],
             &format!("worker-{}", cfg.worker_id),
             StartAt::End,
         )
         .await
-        .context("subscribe to control, model and shard topics")?;
+        .context("subscribe to the model and shard topics")?;
     let (inbound_tx, inbound) = mpsc::channel(8);
-    let reader = tokio::spawn(read_loop(receiver, inbound_tx));
+    let readers = [
+        tokio::spawn(read_loop(control, inbound_tx.clone())),
+        tokio::spawn(read_loop(data, inbound_tx)),
+    ];
 
     let master_wait = match (cfg.master_wait_secs, joined) {
         (0, Joined::Offered) => Some(OFFERED_MASTER_WAIT),
@@ -122,7 +132,9 @@ pub async fn run(
     let mut worker = Worker::new(cfg, run_id, master_wait, Arc::clone(&transport), topics);
     let result = worker.run(inbound).await;
     worker.cancel_job();
-    reader.abort();
+    for r in &readers {
+        r.abort();
+    }
     if let Some(f) = forwarder {
         f.finish(Duration::from_secs(5)).await;
     }
