@@ -128,7 +128,8 @@ impl Workload {
     }
 }
 
-/// The files of an artifact folder that workers need, read once.
+/// The files of an artifact folder that workers need (manifest and graphs;
+/// the initial parameters travel as the package's global), read once.
 pub fn artifact_files(dir: &Path) -> anyhow::Result<(String, Vec<ArtifactFile>)> {
     let manifest_path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).with_context(|| {
@@ -139,8 +140,11 @@ pub fn artifact_files(dir: &Path) -> anyhow::Result<(String, Vec<ArtifactFile>)>
     })?;
     let manifest: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("parse {}", manifest_path.display()))?;
+    // The initial parameters stay home: the package's global carries the
+    // parameters (the worker writes the file from it), which saves a
+    // model's worth of bytes on every package.
     let mut names = vec!["manifest.json".to_string()];
-    for key in ["training_graph", "eval_graph", "initial_parameters"] {
+    for key in ["training_graph", "eval_graph"] {
         let name = manifest
             .get(key)
             .and_then(|v| v.as_str())

@@ -31,6 +31,8 @@ use crate::session::{self, Joined, SessionEnd};
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 /// Pause after a run that failed, before the next offer is taken.
 const AFTER_FAILURE: Duration = Duration::from_secs(3);
+/// Pause between attempts to open the agents channel.
+const RETRY_OPEN: Duration = Duration::from_secs(5);
 /// Offers served or closed that are remembered (oldest forgotten first).
 const REMEMBERED_OFFERS: usize = 256;
 
@@ -147,9 +149,10 @@ async fn serve_offers(
         Duration::from_secs(cfg.kafka.connect_timeout_secs),
     )
     .await?;
-    let (transport, receiver) = agents::open_channel(&cfg.kafka, &cfg.worker_id, keys, Side::Agent)
-        .await
-        .context("open the agents channel")?;
+    let (transport, receiver) = match open_until_up(&cfg, keys, mode).await? {
+        Some(c) => c,
+        None => return Ok(ExitCode::SUCCESS),
+    };
     let transport = Arc::new(transport);
     let state = Arc::new(Mutex::new(State::default()));
     let poke = Arc::new(Notify::new());
@@ -173,6 +176,44 @@ async fn serve_offers(
     announcer.abort();
     reader.abort();
     result
+}
+
+/// Opens the agents channel. An agent keeps trying while the broker is
+/// away (it may start before the broker does); `None` when it is told to
+/// stop meanwhile. A one-shot worker fails at once.
+async fn open_until_up(
+    cfg: &WorkerConfig,
+    keys: common::runkey::RunKeys,
+    mode: Mode,
+) -> anyhow::Result<Option<(Transport, Receiver)>> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    let mut reported = false;
+    loop {
+        match agents::open_channel(&cfg.kafka, &cfg.worker_id, keys.clone(), Side::Agent).await {
+            Ok(c) => {
+                if reported {
+                    tracing::info!("the agents channel is open");
+                }
+                return Ok(Some(c));
+            }
+            Err(e) if mode == Mode::Agent => {
+                if !reported {
+                    tracing::warn!(
+                        "cannot open the agents channel yet (trying again every {} s): {e}",
+                        RETRY_OPEN.as_secs()
+                    );
+                    reported = true;
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("open the agents channel")),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY_OPEN) => {}
+            _ = sigterm.recv() => return Ok(None),
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+        }
+    }
 }
 
 /// The offer loop: idle, join, serve, idle again.

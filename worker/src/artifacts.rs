@@ -89,19 +89,40 @@ pub fn check_package(model: &str, files: &[ArtifactFile]) -> anyhow::Result<Mani
         .find(|f| f.name == MANIFEST_FILE)
         .with_context(|| format!("the package has no `{MANIFEST_FILE}`"))?;
     let manifest = Manifest::parse(&manifest_file.bytes, Path::new(MANIFEST_FILE))?;
-    for (what, path) in [
-        ("training_graph", &manifest.training_graph),
-        ("eval_graph", &manifest.eval_graph),
-        ("initial_parameters", &manifest.initial_parameters),
+    for (what, path, required) in [
+        ("training_graph", &manifest.training_graph, true),
+        ("eval_graph", &manifest.eval_graph, true),
+        // The package's global carries the parameters; the master leaves
+        // this file out (see [`with_initial_parameters`]).
+        ("initial_parameters", &manifest.initial_parameters, false),
     ] {
         let name = path.to_str().unwrap_or_default();
         check_name(name).with_context(|| format!("manifest {what} `{}`", path.display()))?;
         anyhow::ensure!(
-            files.iter().any(|f| f.name == name),
+            !required || files.iter().any(|f| f.name == name),
             "manifest {what} names `{name}`, which is not in the package"
         );
     }
     Ok(manifest)
+}
+
+/// Adds the manifest's initial-parameters file, made from `parameters`
+/// (f32 little-endian, the file's format), when the package left it out.
+pub fn with_initial_parameters(
+    manifest: &Manifest,
+    files: &mut Vec<ArtifactFile>,
+    parameters: &[f32],
+) {
+    let name = manifest
+        .initial_parameters
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    if files.iter().any(|f| f.name == name) {
+        return;
+    }
+    let bytes = parameters.iter().flat_map(|p| p.to_le_bytes()).collect();
+    files.push(ArtifactFile { name, bytes });
 }
 
 /// Writes the (already checked) files into `<root>/<model>/`, replacing
@@ -204,6 +225,46 @@ mod tests {
         assert!(err.to_string().contains("manifest.json"), "{err}");
         let err = check_package("mlp", &[file("manifest.json", b"{")]).expect_err("bad json");
         assert!(format!("{err:#}").contains("manifest"), "{err:#}");
+    }
+
+    #[test]
+    fn a_package_without_initial_parameters_gets_them_from_the_global() {
+        let manifest = serde_json::json!({
+            "format_version": 1,
+            "model": "tiny",
+            "training_graph": "t.onnx",
+            "eval_graph": "e.onnx",
+            "initial_parameters": "init.bin",
+            "inputs": [{"name": "input", "shape": [-1, 4], "dtype": "float32"}],
+            "label": {"name": "labels", "shape": [-1], "dtype": "int64"},
+            "num_classes": 3,
+            "parameters": [{"name": "b", "shape": [3], "offset": 0, "numel": 3}],
+            "train_outputs": {"loss": "loss", "gradients": [{"parameter": "b", "output": "b_grad"}]},
+            "eval_outputs": {"loss": "loss", "logits": "logits"},
+            "generator": {"opset": 17}
+        })
+        .to_string();
+        let mut files = vec![
+            file("manifest.json", manifest.as_bytes()),
+            file("t.onnx", b"t"),
+            file("e.onnx", b"e"),
+        ];
+        let m = check_package("tiny", &files).expect("the parameters file may be left out");
+        with_initial_parameters(&m, &mut files, &[1.0, -2.0, 0.5]);
+        let init = files.iter().find(|f| f.name == "init.bin").expect("made");
+        let back: Vec<f32> = init
+            .bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(back, vec![1.0, -2.0, 0.5]);
+        // A package that brings its own keeps it.
+        let mut again = files.clone();
+        with_initial_parameters(&m, &mut again, &[9.0, 9.0, 9.0]);
+        assert_eq!(again.len(), files.len());
+        // The graphs stay required.
+        let err = check_package("tiny", &files[..2]).expect_err("no eval graph");
+        assert!(err.to_string().contains("eval_graph"), "{err}");
     }
 
     #[test]

@@ -98,6 +98,8 @@ impl Trainer {
         anyhow::ensure!(plan.epochs >= 1, "plan: epochs must be at least 1");
         anyhow::ensure!(plan.batch_size >= 1, "plan: batch_size must be at least 1");
         let manifest = artifacts::check_package(&model, &files).context("artifact files")?;
+        let mut files = files;
+        artifacts::with_initial_parameters(&manifest, &mut files, &global.parameters);
         anyhow::ensure!(
             manifest.inputs.len() == 1,
             "model `{model}` has {} data inputs; the worker feeds exactly one",
