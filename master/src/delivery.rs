@@ -5,21 +5,34 @@
 //! package or an earlier send). Each worker's records go in order (the
 //! global completes before its shard, so the worker trains from it); the
 //! workers of one batch (after a BSP barrier, say) are served at once.
+//! A version is copied and encoded once, however many workers it goes to.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::Context;
 use common::envelope::MessageKind;
-use common::protocol::{Assignment, GlobalModel, ShardAssignment};
+use common::protocol::{self, Assignment, GlobalModel, ProtocolError, ShardAssignment};
 use common::transport::Transport;
 
 use crate::config::ModelDelivery;
+
+/// One encoded record for a worker's stream.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// What it is, for errors.
+    pub what: &'static str,
+    /// The encoded [`Assignment`] (a global's bytes are shared).
+    pub payload: Arc<Vec<u8>>,
+}
 
 /// Which version each worker was sent last.
 #[derive(Debug)]
 pub struct Deliveries {
     mode: ModelDelivery,
     sent: HashMap<String, u64>,
+    /// The newest version's `Assignment::Global`, encoded once.
+    encoded: Option<(u64, Arc<Vec<u8>>)>,
 }
 
 impl Deliveries {
@@ -28,6 +41,7 @@ impl Deliveries {
         Self {
             mode,
             sent: HashMap::new(),
+            encoded: None,
         }
     }
 
@@ -49,19 +63,41 @@ impl Deliveries {
         version: u64,
         global: &[f32],
         shard: ShardAssignment,
-    ) -> Vec<Assignment> {
+    ) -> Result<Vec<Outgoing>, ProtocolError> {
         let mut out = Vec::with_capacity(2);
         if self.mode == ModelDelivery::Targeted
             && self.sent.get(worker).is_some_and(|&v| v < version)
         {
-            out.push(Assignment::Global(GlobalModel {
-                version,
-                parameters: global.to_vec(),
-            }));
+            out.push(Outgoing {
+                what: "the global model",
+                payload: self.encoded_global(version, global)?,
+            });
             self.sent.insert(worker.to_string(), version);
         }
-        out.push(Assignment::Shard(shard));
-        out
+        out.push(Outgoing {
+            what: "a shard",
+            payload: Arc::new(protocol::encode(&Assignment::Shard(shard))?),
+        });
+        Ok(out)
+    }
+
+    /// `Assignment::Global` of `version`, encoded the first time it is asked for.
+    fn encoded_global(
+        &mut self,
+        version: u64,
+        global: &[f32],
+    ) -> Result<Arc<Vec<u8>>, ProtocolError> {
+        match &self.encoded {
+            Some((v, bytes)) if *v == version => Ok(Arc::clone(bytes)),
+            _ => {
+                let bytes = Arc::new(protocol::encode(&Assignment::Global(GlobalModel {
+                    version,
+                    parameters: global.to_vec(),
+                }))?);
+                self.encoded = Some((version, Arc::clone(&bytes)));
+                Ok(bytes)
+            }
+        }
     }
 }
 
@@ -70,27 +106,19 @@ impl Deliveries {
 pub async fn send_all(
     transport: &Transport,
     sender: &str,
-    batch: Vec<(String, Vec<Assignment>)>,
+    batch: Vec<(String, Vec<Outgoing>)>,
 ) -> anyhow::Result<()> {
     let sends = batch.into_iter().map(|(topic, records)| async move {
         for record in &records {
             transport
-                .send(&topic, sender, MessageKind::Shard, record)
+                .send_payload(&topic, sender, MessageKind::Shard, &record.payload)
                 .await
-                .with_context(|| format!("send {} to `{topic}`", what(record)))?;
+                .with_context(|| format!("send {} to `{topic}`", record.what))?;
         }
         anyhow::Ok(())
     });
     futures::future::try_join_all(sends).await?;
     Ok(())
-}
-
-fn what(a: &Assignment) -> &'static str {
-    match a {
-        Assignment::Package(_) => "the model package",
-        Assignment::Shard(_) => "a shard",
-        Assignment::Global(_) => "the global model",
-    }
 }
 
 #[cfg(test)]
@@ -105,25 +133,48 @@ mod tests {
         }
     }
 
+    fn decode(o: &Outgoing) -> Assignment {
+        protocol::decode(&o.payload, 1 << 20).expect("decodes")
+    }
+
     #[test]
     fn targeted_sends_only_a_newer_version_once() {
         let mut d = Deliveries::new(ModelDelivery::Targeted);
         d.package_sent("w", 2);
         // Not newer than the package's: the shard alone.
-        assert_eq!(d.for_shard("w", 2, &[0.0], shard(1)).len(), 1);
+        assert_eq!(d.for_shard("w", 2, &[0.0], shard(1)).unwrap().len(), 1);
         // Versions 3..7 were made while it trained: only 7 goes.
-        let recs = d.for_shard("w", 7, &[1.0], shard(2));
-        assert!(matches!(&recs[0], Assignment::Global(g) if g.version == 7));
-        assert!(matches!(&recs[1], Assignment::Shard(s) if s.shard_id == 2));
-        assert_eq!(d.for_shard("w", 7, &[1.0], shard(3)).len(), 1);
+        let recs = d.for_shard("w", 7, &[1.0], shard(2)).unwrap();
+        assert!(matches!(decode(&recs[0]), Assignment::Global(g) if g.version == 7));
+        assert!(matches!(decode(&recs[1]), Assignment::Shard(s) if s.shard_id == 2));
+        assert_eq!(d.for_shard("w", 7, &[1.0], shard(3)).unwrap().len(), 1);
         assert!(!d.broadcasts());
+    }
+
+    #[test]
+    fn a_version_is_encoded_once_for_every_worker_and_as_the_protocol_does() {
+        let mut d = Deliveries::new(ModelDelivery::Targeted);
+        d.package_sent("a", 0);
+        d.package_sent("b", 0);
+        let a = d.for_shard("a", 3, &[0.5, -1.0], shard(1)).unwrap();
+        let b = d.for_shard("b", 3, &[0.5, -1.0], shard(2)).unwrap();
+        assert!(Arc::ptr_eq(&a[0].payload, &b[0].payload));
+        let global = Assignment::Global(GlobalModel {
+            version: 3,
+            parameters: vec![0.5, -1.0],
+        });
+        assert_eq!(*a[0].payload, protocol::encode(&global).unwrap());
+        assert_eq!(
+            *a[1].payload,
+            protocol::encode(&Assignment::Shard(shard(1))).unwrap()
+        );
     }
 
     #[test]
     fn broadcast_never_sends_globals_with_shards() {
         let mut d = Deliveries::new(ModelDelivery::Broadcast);
         d.package_sent("w", 0);
-        assert_eq!(d.for_shard("w", 9, &[0.0], shard(1)).len(), 1);
+        assert_eq!(d.for_shard("w", 9, &[0.0], shard(1)).unwrap().len(), 1);
         assert!(d.broadcasts());
     }
 }

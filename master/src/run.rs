@@ -387,20 +387,14 @@ impl Master {
                                 round,
                             }) => batch.push((worker, shard, round)),
                             Some(Action::RecordAllocations(records)) => {
-                                for record in records {
-                                    self.outputs.allocation(&record)?;
-                                }
+                                self.record_allocations(records)?
                             }
                             _ => {}
                         }
                     }
                     self.send_shards(batch).await?;
                 }
-                Action::RecordAllocations(records) => {
-                    for record in records {
-                        self.outputs.allocation(&record)?;
-                    }
-                }
+                Action::RecordAllocations(records) => self.record_allocations(records)?,
                 Action::NewVersion {
                     version,
                     by,
@@ -426,11 +420,11 @@ impl Master {
     ) -> anyhow::Result<Vec<Action>> {
         self.engine.set_parameters(self.coord.global())?;
         let test = self.evaluate()?;
-        let global = GlobalModel {
-            version,
-            parameters: self.coord.global().to_vec(),
-        };
         if self.deliveries.broadcasts() {
+            let global = GlobalModel {
+                version,
+                parameters: self.coord.global().to_vec(),
+            };
             let topics = self.transport.topics().clone();
             self.transport
                 .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
@@ -558,18 +552,20 @@ impl Master {
             };
             let recs = self
                 .deliveries
-                .for_shard(&id, version, self.coord.global(), assignment);
+                .for_shard(&id, version, self.coord.global(), assignment)?;
             records.push((topics.shard(&id), recs));
         }
-        let started = Instant::now();
-        let n = records.len();
-        let sent = crate::delivery::send_all(&self.transport, MASTER_ID, records).await;
-        tracing::debug!(
-            workers = n,
-            ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
-            "shards sent"
-        );
-        sent
+        crate::delivery::send_all(&self.transport, MASTER_ID, records).await
+    }
+
+    fn record_allocations(
+        &mut self,
+        records: Vec<crate::allocation::AllocationRecord>,
+    ) -> anyhow::Result<()> {
+        for record in records {
+            self.outputs.allocation(&record)?;
+        }
+        Ok(())
     }
 
     fn drain_own_logs(&mut self) {
