@@ -1,10 +1,10 @@
 //! Opening the run to agents (`worker --agent`, see `common::agents`).
 //!
-//! A background task on its own connection to the agents channel: it offers
-//! the run every `alive_secs` and at once to an idle invited agent that
-//! announces itself, keeps the table of agents heard (written to the
-//! status file), logs an agent that declines the offer, and says the run
-//! closed when the master ends it.
+//! A background task on its own connection to the agents channel (opened
+//! there, so the master's start never waits for it): it offers the run
+//! every `alive_secs` and at once to an idle invited agent that announces
+//! itself, logs the agents it hears and an agent that declines the offer,
+//! and says the run closed when the master ends it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -30,10 +30,10 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Opens the channel and starts offering the run; `None` when
-    /// `agents.announce` is off. A channel that cannot be opened is a
-    /// warning (pinned workers still join), not an error.
-    pub async fn start(cfg: &MasterConfig, keys: RunKeys) -> Option<Self> {
+    /// Starts offering the run; `None` when `agents.announce` is off. A
+    /// channel that cannot be opened is a warning (pinned workers still
+    /// join), not an error.
+    pub fn start(cfg: &MasterConfig, keys: RunKeys) -> Option<Self> {
         if !cfg.agents.announce {
             return None;
         }
@@ -45,25 +45,19 @@ impl Announcer {
             }
         };
         let sender = format!("master@{}", cfg.run_id);
-        let (transport, receiver) =
-            match agents::open_channel(&cfg.kafka, &sender, keys, Side::Master).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot open the agents channel; agents will not be offered this run: {e}"
-                    );
-                    return None;
-                }
-            };
+        let kafka = cfg.kafka.clone();
+        let every = Duration::from_secs(cfg.alive_secs.max(1));
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(offer_loop(
-            transport,
-            receiver,
-            sender,
-            offer,
-            Duration::from_secs(cfg.alive_secs.max(1)),
-            stopped,
-        ));
+        let task = tokio::spawn(async move {
+            match agents::open_channel(&kafka, &sender, keys, Side::Master).await {
+                Ok((transport, receiver)) => {
+                    offer_loop(transport, receiver, sender, offer, every, stopped).await
+                }
+                Err(e) => tracing::warn!(
+                    "cannot open the agents channel; agents will not be offered this run: {e}"
+                ),
+            }
+        });
         Some(Self { stop, task })
     }
 

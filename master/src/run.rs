@@ -191,7 +191,7 @@ impl Master {
         });
         spawn_broker_probe(&transport, broker.clone());
         // Receivers exist: a worker that joins on the offer is heard.
-        let announcer = crate::agents::Announcer::start(&cfg, keys).await;
+        let announcer = crate::agents::Announcer::start(&cfg, keys);
         let mut master = Self {
             announcer,
             transport,
