@@ -36,7 +36,7 @@ def binary(name):
 
 
 def one_run(run_id, delivery, versions):
-    env = dict(os.environ, HERMES_RUN_ID=run_id, RUST_LOG="warn")
+    env = dict(os.environ, HERMES_RUN_ID=run_id, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     workers = []
     for i, slowdown in enumerate([1, 2, 4]):
         workers.append(

@@ -181,6 +181,26 @@ pub struct RoundReport {
     pub base_version: u64,
     /// Bytes of the update sent this round (0 on a minor round).
     pub update_bytes: u64,
+    /// Where the round's time went besides compute and idle.
+    pub timing: RoundTiming,
+    /// Sending the update (until the broker acknowledged it), seconds.
+    pub upload_secs: f64,
+}
+
+/// Where a worker's round went, seconds: the worker's part of the
+/// round-phase profile (the master measures the rest, see
+/// `master::phases`). Untrusted on arrival like everything else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundTiming {
+    /// From the shard's arrival to the round's start (the worker was busy
+    /// with an earlier round or a package).
+    pub queued_secs: f64,
+    /// Decoding the shard and adopting the global model.
+    pub prepare_secs: f64,
+    /// Training and validation.
+    pub compute_secs: f64,
+    /// Emulated idle after the compute (a slower device).
+    pub idle_secs: f64,
 }
 
 /// Worker → master on the updates stream: the weight delta of a major round
@@ -199,6 +219,8 @@ pub struct UpdateDelta {
     pub samples: u64,
     /// Validation loss after the round.
     pub validation_loss: f64,
+    /// Where the round's time went (for the master's round-phase profile).
+    pub timing: RoundTiming,
     /// local parameters − base parameters, flat, in manifest order.
     pub delta: Vec<f32>,
 }
@@ -218,6 +240,7 @@ pub struct ArtifactFile {
     /// Plain file name (no directories); receivers must check it.
     pub name: String,
     /// The file's bytes.
+    #[serde(with = "byte_buf")]
     pub bytes: Vec<u8>,
 }
 
@@ -252,6 +275,7 @@ pub struct ModelPackage {
     /// How to train.
     pub plan: TrainingPlan,
     /// The worker's fixed validation split (`common::data::wire` bytes).
+    #[serde(with = "byte_buf")]
     pub validation: Vec<u8>,
 }
 
@@ -263,6 +287,7 @@ pub struct ShardAssignment {
     /// The worker round this shard is for.
     pub round: u64,
     /// Samples and labels (`common::data::wire` bytes).
+    #[serde(with = "byte_buf")]
     pub data: Vec<u8>,
 }
 
@@ -314,6 +339,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn byte_fields_keep_the_plain_encoding_and_refuse_lies() {
+        #[derive(Serialize)]
+        struct Plain {
+            shard_id: u64,
+            round: u64,
+            data: Vec<u8>,
+        }
+        let data: Vec<u8> = (0..=255).cycle().take(5000).collect();
+        let fast = encode(&ShardAssignment {
+            shard_id: 3,
+            round: 4,
+            data: data.clone(),
+        })
+        .unwrap();
+        let plain = encode(&Plain {
+            shard_id: 3,
+            round: 4,
+            data,
+        })
+        .unwrap();
+        assert_eq!(fast, plain, "the wire format did not change");
+        let back: ShardAssignment = decode(&fast, 1 << 20).unwrap();
+        assert_eq!(back.data.len(), 5000);
+        // A length beyond the bytes there is refused (before any allocation).
+        let mut lying = fast.clone();
+        lying[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode::<ShardAssignment>(&lying, 1 << 20).is_err());
+        assert!(
+            decode::<ShardAssignment>(&fast[..100], 1 << 20).is_err(),
+            "truncated"
+        );
+    }
+
+    #[test]
     fn round_trip() {
         let msg = StatusMessage::Register(Registration {
             worker_id: "w1".into(),
@@ -345,5 +404,47 @@ mod tests {
         bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
         let err = decode::<ControlMessage>(&bytes, 1 << 20).expect_err("rejected");
         assert_eq!(err.reason(), "bad_payload");
+    }
+}
+
+/// Byte vectors as one byte string rather than a sequence of `u8`s: the
+/// same bincode bytes (a length, then the bytes), copied in one go instead
+/// of a call per byte (a shard of MNIST is a megabyte).
+mod byte_buf {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
     }
 }

@@ -611,16 +611,26 @@ impl Coordinator {
             major = report.major,
             "round report"
         );
+        self.end_round(&report.worker_id, report.incarnation, report.round, out);
+    }
+
+    /// A worker's round is over (its update or its report said so, whichever
+    /// came first): the policy hears of it once, and the worker gets its
+    /// next shard at once or waits (parked) until the policy lets it.
+    fn end_round(&mut self, id: &str, incarnation: u64, round: u64, out: &mut Vec<Action>) {
+        if !self.workers.end_round(id, incarnation, round) {
+            return;
+        }
         let ctx_workers = self.ctx_workers();
         let ctx = PolicyContext {
             version: self.version,
             active_workers: &ctx_workers,
         };
-        self.policy.on_round_end(&ctx, &report.worker_id);
-        if self.policy.may_start_round(&ctx, &report.worker_id) {
-            self.next_shard(&report.worker_id, out);
+        self.policy.on_round_end(&ctx, id);
+        if self.policy.may_start_round(&ctx, id) {
+            self.next_shard(id, out);
         } else {
-            self.parked.insert(report.worker_id.clone());
+            self.parked.insert(id.to_string());
         }
     }
 
@@ -710,7 +720,21 @@ impl Coordinator {
                 self.uncommitted = Some(position);
             }
         }
-        self.aggregate_next(out);
+        // The update ends its round (its report, later, only adds
+        // statistics), after the version it may complete: the worker's next
+        // shard carries that version, and a barrier that just opened lets
+        // it go with the others. The version's bookkeeping (evaluation,
+        // checkpoint) comes after every shard, off their path.
+        let mut made = Vec::new();
+        self.aggregate_next(&mut made);
+        self.end_round(
+            &update.worker_id,
+            update.incarnation,
+            update.round,
+            &mut made,
+        );
+        made.sort_by_key(|a| matches!(a, Action::NewVersion { .. }));
+        out.extend(made);
     }
 
     /// Makes one version if the policy is ready.

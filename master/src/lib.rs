@@ -12,6 +12,7 @@
 //! * [`aggregation`] — aggregation weights, update admission, the at-most-once ledger.
 //! * [`policy`] — the sync policy trait and one file per policy (Hermes, BSP, ASP, SSP).
 //! * [`delivery`] — how globals and shards reach workers (targeted or broadcast), sent per worker in order, workers at once.
+//! * [`phases`] — the round-phase profile: where each version's time went (`phases.csv`).
 //! * [`checkpoint`] — the global model on disk after every version.
 //! * [`outputs`] / [`run_outputs`] — metrics.csv, summary.json, plot, centralized log, status file, progress.
 //! * [`deploy`] — `master deploy`: bootstrap remote workers over SSH.
@@ -30,6 +31,7 @@ pub mod coordinator;
 pub mod delivery;
 pub mod deploy;
 pub mod outputs;
+pub mod phases;
 pub mod policy;
 pub mod registry;
 pub mod run;

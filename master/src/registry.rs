@@ -21,6 +21,10 @@ pub struct WorkerState {
     pub next_round: u64,
     /// Whether a shard is out with the worker (it is training).
     pub busy: bool,
+    /// The newest round whose end was handled (by its update or its
+    /// report, whichever came first); a later message of the same round
+    /// only adds statistics.
+    pub ended_round: u64,
     /// Statistics over the run.
     pub stats: WorkerStats,
 }
@@ -123,6 +127,8 @@ impl WorkerRegistry {
                 w.registration = reg;
                 w.active = true;
                 w.busy = false;
+                // Whatever the old process had out is over.
+                w.ended_round = w.next_round.saturating_sub(1);
                 w.last_seen = now;
                 w.last_seen_ms = common::protocol::now_ms();
                 w.stats.registrations += 1;
@@ -146,6 +152,7 @@ impl WorkerRegistry {
                         last_seen_ms: common::protocol::now_ms(),
                         next_round: 1,
                         busy: false,
+                        ended_round: 0,
                         stats: WorkerStats {
                             registrations: 1,
                             ..WorkerStats::default()
@@ -226,7 +233,11 @@ impl WorkerRegistry {
     /// Records a round report's statistics.
     pub fn record_round(&mut self, report: &RoundReport) {
         if let Some(w) = self.current(&report.worker_id, report.incarnation) {
-            w.busy = false;
+            if report.round + 1 >= w.next_round {
+                // No newer shard is out (its update may have ended the
+                // round and brought the next one already).
+                w.busy = false;
+            }
             w.next_round = w.next_round.max(report.round + 1);
             w.last_seen = Instant::now();
             w.last_seen_ms = common::protocol::now_ms();
@@ -240,6 +251,22 @@ impl WorkerRegistry {
             s.samples_trained += report.samples * u64::from(report.epochs);
             s.round_secs_total += report.round_secs;
             s.emulated_idle_secs_total += report.emulated_idle_secs;
+        }
+    }
+
+    /// Marks the end of `round` of the current `incarnation` of `id`: true
+    /// the first time (the caller schedules what follows), false when that
+    /// round had ended already or is not one the master handed out.
+    pub fn end_round(&mut self, id: &str, incarnation: u64, round: u64) -> bool {
+        match self.current(id, incarnation) {
+            Some(w) if round > w.ended_round && round < w.next_round => {
+                w.ended_round = round;
+                if round + 1 >= w.next_round {
+                    w.busy = false;
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -306,6 +333,7 @@ impl WorkerRegistry {
                         last_seen_ms: common::protocol::now_ms(),
                         next_round: s.next_round,
                         busy: false,
+                        ended_round: s.next_round.saturating_sub(1),
                         stats: s.stats,
                     },
                 )

@@ -74,6 +74,8 @@ struct Master {
     /// What judging the checkpointed version on resume asked for (a stop,
     /// when the dead master had reached its goal), done first.
     resumed_actions: Vec<Action>,
+    /// The round-phase profile (`phases.csv`).
+    phases: crate::phases::PhaseClock,
 }
 
 /// What the background probe saw: whether the last probe got an answer,
@@ -140,6 +142,10 @@ impl Master {
         } else {
             RunOutputs::create(&cfg, coord.policy_name())?
         };
+        let mut phases = crate::phases::PhaseClock::open(&outputs.run_dir(), resume)?;
+        if resume {
+            phases.training_started(Instant::now());
+        }
         let keys = common::runkey::resolve(
             &cfg.kafka,
             std::path::Path::new(common::runkey::DEFAULT_KEY_FILE),
@@ -210,6 +216,7 @@ impl Master {
             last_alive: None,
             deliveries: crate::delivery::Deliveries::new(cfg.model_delivery),
             resumed_actions: Vec::new(),
+            phases,
             cfg,
         };
         if resume {
@@ -259,8 +266,27 @@ impl Master {
                 _ = tokio::signal::ctrl_c() => return Ok(StopReason::Interrupted),
             };
             if let Some(d) = delivery {
+                let received = Instant::now();
                 if let Some(event) = self.event_of(d) {
+                    let update = match &event {
+                        Event::Update { sender, update, .. } => {
+                            Some((sender.clone(), update.timing))
+                        }
+                        _ => None,
+                    };
                     let actions = self.coord.handle(event, Instant::now());
+                    if let Some((sender, timing)) = update {
+                        let closed = actions
+                            .iter()
+                            .any(|a| matches!(a, Action::NewVersion { .. }));
+                        self.phases.update_handled(
+                            &sender,
+                            timing,
+                            received,
+                            Instant::now(),
+                            closed,
+                        );
+                    }
                     if let Some(reason) = self.execute(actions).await? {
                         return Ok(reason);
                     }
@@ -356,6 +382,7 @@ impl Master {
                         .context("tell a worker to register again")?;
                 }
                 Action::RecordInitialVersion => {
+                    self.phases.training_started(Instant::now());
                     let test = self.evaluate()?;
                     tracing::info!(
                         workers = self.coord.workers().active_ids().len(),
@@ -418,8 +445,10 @@ impl Master {
         by: &[String],
         commit: Option<Delivery>,
     ) -> anyhow::Result<Vec<Action>> {
+        let t0 = Instant::now();
         self.engine.set_parameters(self.coord.global())?;
         let test = self.evaluate()?;
+        let evaluated = Instant::now();
         if self.deliveries.broadcasts() {
             let global = GlobalModel {
                 version,
@@ -430,8 +459,11 @@ impl Master {
                 .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
                 .await
                 .context("broadcast global model")?;
+            self.phases.broadcast(evaluated.elapsed());
         }
+        let checkpoint_start = Instant::now();
         checkpoint::save(&self.outputs.run_dir(), &self.coord.checkpoint())?;
+        let checkpointed = Instant::now();
         if let Some(d) = commit {
             if let Err(e) = self.rx.commit(&d) {
                 tracing::warn!("offset commit failed (will be retried with the next version): {e}");
@@ -439,6 +471,13 @@ impl Master {
         }
         let by = by.join("+");
         self.record_version(test, &by)?;
+        self.phases.version_done(
+            version,
+            t0,
+            evaluated - t0,
+            checkpointed - checkpoint_start,
+            checkpointed.elapsed(),
+        )?;
         tracing::info!(
             version,
             from = %by,
@@ -543,6 +582,8 @@ impl Master {
     ) -> anyhow::Result<()> {
         let topics = self.transport.topics().clone();
         let version = self.coord.version();
+        let started = Instant::now();
+        let workers: Vec<String> = batch.iter().map(|(id, _, _)| id.clone()).collect();
         let mut records = Vec::with_capacity(batch.len());
         for (id, shard, round) in batch {
             let assignment = ShardAssignment {
@@ -555,7 +596,17 @@ impl Master {
                 .for_shard(&id, version, self.coord.global(), assignment)?;
             records.push((topics.shard(&id), recs));
         }
-        crate::delivery::send_all(&self.transport, MASTER_ID, records).await
+        let encoded = Instant::now();
+        crate::delivery::send_all(&self.transport, MASTER_ID, records).await?;
+        let done = Instant::now();
+        tracing::debug!(
+            encode_ms = (encoded - started).as_secs_f64() * 1e3,
+            send_ms = (done - encoded).as_secs_f64() * 1e3,
+            "shards sent"
+        );
+        self.phases
+            .shards_sent(workers.iter().map(String::as_str), done, done - started);
+        Ok(())
     }
 
     fn record_allocations(

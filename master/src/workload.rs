@@ -16,6 +16,8 @@ use crate::config::MasterConfig;
 /// the master's test set.
 pub struct Workload {
     dataset: Dataset,
+    /// Every sample as bytes, once (shards are then copies of rows).
+    byte_form: Option<common::data::wire::ByteForm>,
     split: Split,
     seed: u64,
     validation_per_worker: usize,
@@ -60,6 +62,7 @@ impl Workload {
         };
         let split = Split::stratified(dataset.labels(), spec, d.seed).context("split dataset")?;
         Ok(Self {
+            byte_form: dataset.byte_form(),
             dataset,
             split,
             seed: d.seed,
@@ -88,7 +91,9 @@ impl Workload {
                     .ok_or_else(|| anyhow::anyhow!("shard position {p} outside the training pool"))
             })
             .collect::<anyhow::Result<Vec<usize>>>()?;
-        Ok(self.dataset.shard_to_bytes(&Shard::new(indices))?)
+        Ok(self
+            .dataset
+            .shard_to_bytes_with(&Shard::new(indices), self.byte_form.as_ref())?)
     }
 
     /// The fixed validation split of `worker`: the same worker id always gets

@@ -250,6 +250,7 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         base_version,
         samples: 100,
         validation_loss: 0.1,
+        timing: Default::default(),
         delta,
     };
     let updates = topics.updates();

@@ -200,7 +200,8 @@ struct Worker {
     /// The newest global received and not adopted yet.
     latest_global: Option<GlobalModel>,
     pending_package: Option<ModelPackage>,
-    shards: VecDeque<ShardAssignment>,
+    /// Shards waiting for the trainer, with when each arrived.
+    shards: VecDeque<(ShardAssignment, Instant)>,
     /// When the master was last heard (any control, model or shard record).
     last_heard: Instant,
     /// The current silence was reported already.
@@ -595,7 +596,7 @@ impl Worker {
                     bytes = s.data.len(),
                     "shard received"
                 );
-                self.shards.push_back(s);
+                self.shards.push_back((s, Instant::now()));
             }
             Assignment::Global(g) => self.take_global(g, &d.sender),
         }
@@ -627,7 +628,7 @@ impl Worker {
         if self.trainer.is_none() {
             return;
         }
-        let Some(shard) = self.shards.pop_front() else {
+        let Some((shard, arrived)) = self.shards.pop_front() else {
             return;
         };
         let Some(mut trainer) = self.trainer.take() else {
@@ -640,7 +641,7 @@ impl Worker {
         let who = self.who.clone();
         let flag = Arc::clone(&cancel);
         let handle = tokio::task::spawn_blocking(move || {
-            let result = trainer.run_round(shard, newer, &who, &flag);
+            let result = trainer.run_round(shard, arrived, newer, &who, &flag);
             JobResult::Round(Box::new((trainer, result)))
         });
         self.job = Some(Job {
@@ -713,6 +714,7 @@ impl Worker {
             started,
         } = outcome;
         if let Some(update) = update {
+            let upload = Instant::now();
             match self
                 .transport
                 .send(
@@ -723,7 +725,10 @@ impl Worker {
                 )
                 .await
             {
-                Ok(r) => report.update_bytes = r.bytes as u64,
+                Ok(r) => {
+                    report.update_bytes = r.bytes as u64;
+                    report.upload_secs = upload.elapsed().as_secs_f64();
+                }
                 Err(e) => {
                     tracing::warn!("could not send the update of round {}: {e}", report.round)
                 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use common::data::{BatchOptions, Batches, Dataset, Limits};
 use common::engine::{Batch, Engine, EngineConfig, Manifest, OptimizerConfig};
 use common::protocol::{
-    GlobalModel, ModelPackage, RoundReport, ShardAssignment, TrainingPlan, UpdateDelta,
+    GlobalModel, ModelPackage, RoundReport, RoundTiming, ShardAssignment, TrainingPlan, UpdateDelta,
 };
 use common::stats::gate::{GateDecision, LossGate};
 
@@ -178,11 +178,13 @@ impl Trainer {
     pub fn run_round(
         &mut self,
         shard: ShardAssignment,
+        arrived: Instant,
         newer: Option<GlobalModel>,
         who: &Identity,
         cancel: &AtomicBool,
     ) -> Result<RoundOutcome, RoundError> {
         let started = Instant::now();
+        let queued = started.saturating_duration_since(arrived);
         let shard_id = shard.shard_id;
         let data = decode_data(
             &format!("shard {shard_id}"),
@@ -203,6 +205,7 @@ impl Trainer {
         }
 
         let compute_start = Instant::now();
+        let prepare = compute_start - started;
         let start_params = self.engine.parameters().to_vec();
         if let Err(e) = self.train(&data, cancel) {
             if matches!(e, RoundError::Cancelled) {
@@ -220,6 +223,13 @@ impl Trainer {
         let compute = compute_start.elapsed();
 
         let (major, decision) = self.judge(loss)?;
+        let idle = rounds::emulated_idle(compute, who.slowdown);
+        let timing = RoundTiming {
+            queued_secs: queued.as_secs_f64(),
+            prepare_secs: prepare.as_secs_f64(),
+            compute_secs: compute.as_secs_f64(),
+            idle_secs: idle.as_secs_f64(),
+        };
         let update = if major {
             let delta = rounds::delta(self.engine.parameters(), &self.base);
             rounds::mark_published(self.engine.parameters(), &mut self.base);
@@ -230,13 +240,13 @@ impl Trainer {
                 base_version: self.base.version,
                 samples: data.len() as u64,
                 validation_loss: loss,
+                timing,
                 delta,
             })
         } else {
             None
         };
 
-        let idle = rounds::emulated_idle(compute, who.slowdown);
         if !idle.is_zero() {
             tracing::info!(
                 "{}",
@@ -262,6 +272,8 @@ impl Trainer {
             threshold: decision.as_ref().map(|d| d.threshold).unwrap_or(0.0),
             base_version: self.base.version,
             update_bytes: 0,
+            timing,
+            upload_secs: 0.0,
         };
         Ok(RoundOutcome {
             report,

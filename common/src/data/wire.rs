@@ -48,6 +48,45 @@ impl Dataset {
         Ok(self.encode(shard))
     }
 
+    /// The byte form of every sample, when the whole dataset has one (pixels
+    /// as loaded, or scaled by 1/255): computed once, it makes
+    /// [`Dataset::shard_to_bytes_with`] a copy of rows instead of a
+    /// re-quantisation of every value of every shard.
+    pub fn byte_form(&self) -> Option<ByteForm> {
+        DIVISORS.into_iter().find_map(|divisor| {
+            let bytes: Option<Vec<u8>> = self
+                .features()
+                .iter()
+                .map(|&v| byte_of(v, divisor))
+                .collect();
+            bytes.map(|bytes| ByteForm { divisor, bytes })
+        })
+    }
+
+    /// [`Dataset::shard_to_bytes`] with the dataset's [`ByteForm`] (the
+    /// same bytes, made faster); a form of another dataset is ignored.
+    pub fn shard_to_bytes_with(&self, shard: &Shard, form: Option<&ByteForm>) -> Result<Vec<u8>> {
+        let form = form.filter(|f| f.bytes.len() == self.features().len());
+        match form {
+            None => self.shard_to_bytes(shard),
+            Some(form) => {
+                self.check_shard(shard)?;
+                if shard.len() > u32::MAX as usize {
+                    return Err(DataError::InvalidArgument(format!(
+                        "a shard of {} samples is too large to encode",
+                        shard.len()
+                    )));
+                }
+                let d = self.sample_len();
+                let mut out = self.header(shard, Some(form.divisor), 1);
+                for &i in shard.indices() {
+                    out.extend_from_slice(&form.bytes[i * d..(i + 1) * d]);
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Decodes bytes made by [`Dataset::to_bytes`] or
     /// [`Dataset::shard_to_bytes`]; `origin` names them in errors.
     pub fn from_bytes(origin: &str, bytes: &[u8], limits: &Limits) -> Result<Dataset> {
@@ -135,6 +174,22 @@ impl Dataset {
             .into_iter()
             .find(|&div| rows().flatten().all(|&v| byte_of(v, div).is_some()));
         let elem = if divisor.is_some() { 1 } else { 4 };
+        let mut out = self.header(shard, divisor, elem);
+        match divisor {
+            Some(div) => out.extend(rows().flatten().map(|&v| byte_of(v, div).unwrap_or(0))),
+            None => {
+                for v in rows().flatten() {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// Everything before the features (magic, header, shape, divisor,
+    /// labels), in a buffer with room for `elem`-byte features.
+    fn header(&self, shard: &Shard, divisor: Option<f32>, elem: usize) -> Vec<u8> {
+        let d = self.sample_len();
         let mut out =
             Vec::with_capacity(24 + 4 * self.sample_shape().len() + shard.len() * (4 + d * elem));
         out.extend_from_slice(MAGIC);
@@ -153,16 +208,16 @@ impl Dataset {
         for &i in shard.indices() {
             out.extend_from_slice(&(self.labels()[i] as u32).to_le_bytes());
         }
-        match divisor {
-            Some(div) => out.extend(rows().flatten().map(|&v| byte_of(v, div).unwrap_or(0))),
-            None => {
-                for v in rows().flatten() {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-        }
         out
     }
+}
+
+/// Every feature of a dataset as a byte, with the divisor that gives the
+/// value back (see [`Dataset::byte_form`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ByteForm {
+    divisor: f32,
+    bytes: Vec<u8>,
 }
 
 /// The byte `q` with `q / divisor == v` exactly, if there is one.
@@ -218,6 +273,35 @@ mod tests {
     fn pixels() -> Dataset {
         let f: Vec<f32> = (0..24).map(|v| (v * 10) as f32).collect();
         Dataset::new("p", f, vec![0, 1, 2, 1], vec![1, 2, 3], 3).unwrap()
+    }
+
+    #[test]
+    fn the_byte_form_encodes_shards_as_the_plain_path_does() {
+        let shard = Shard::new(vec![3, 0, 2]);
+        for scale in [None, Some(255.0)] {
+            let mut ds = pixels();
+            if let Some(s) = scale {
+                ds.scale_to_unit(s).unwrap();
+            }
+            let form = ds.byte_form().expect("pixels have a byte form");
+            let fast = ds.shard_to_bytes_with(&shard, Some(&form)).unwrap();
+            assert_eq!(fast, ds.shard_to_bytes(&shard).unwrap());
+            let back = Dataset::from_bytes("w", &fast, &Limits::default()).unwrap();
+            assert_eq!(back, ds.subset(&shard).unwrap());
+        }
+        // Floats have none; another dataset's form is ignored.
+        let floats = Dataset::new("f", vec![0.1, 0.2, 0.3, 0.4], vec![0, 1], vec![2], 2).unwrap();
+        assert!(floats.byte_form().is_none());
+        let form = pixels().byte_form().unwrap();
+        let two = Shard::new(vec![1, 0]);
+        assert_eq!(
+            floats.shard_to_bytes_with(&two, Some(&form)).unwrap(),
+            floats.shard_to_bytes(&two).unwrap()
+        );
+        // A bad shard is refused as before.
+        assert!(pixels()
+            .shard_to_bytes_with(&Shard::new(vec![9]), Some(&form))
+            .is_err());
     }
 
     #[test]

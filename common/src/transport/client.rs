@@ -114,7 +114,11 @@ pub fn producer_config(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfi
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.codec", compression)
-        .set("linger.ms", "5")
+        // Latency first: a record goes out at once. Our records are either
+        // small (control, status: 5 ms of lingering would be all of their
+        // latency, on every hop of a round) or chunks of `chunk_bytes` that
+        // fill a batch on their own, so waiting to batch buys nothing.
+        .set("linger.ms", "0")
         // One record batch must fit the topics' `max.message.bytes`
         // (chunk size + 2 KiB, see `Transport::topic_spec`): with the default
         // (1 MB) two poorly compressible chunks share a batch and the broker

@@ -311,44 +311,68 @@ impl Transport {
         kind: MessageKind,
         payload: &[u8],
     ) -> Result<SendReport, TransportError> {
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        if payload.len() <= self.cfg.chunk_bytes {
-            let record = self
-                .codec
-                .try_encode_parts(kind, &self.sender_id, sequence, &[payload])
-                .map_err(|e| TransportError::Config(format!("cannot encode record: {e}")))?;
-            let bytes = record.len();
-            self.produce(topic, key, &record).await?;
-            return Ok(SendReport {
-                sequence,
-                records: 1,
-                bytes,
-            });
-        }
+        let mut reports = self.send_payloads(topic, key, kind, &[payload]).await?;
+        reports
+            .pop()
+            .ok_or_else(|| TransportError::Config(format!("nothing was sent to `{topic}`")))
+    }
+
+    /// Sends several payloads to `topic` in order (same key: the idempotent
+    /// producer keeps them in order on the partition), pipelined: every
+    /// record is queued before any acknowledgement is awaited, so a second
+    /// message does not wait a broker round trip for the first. Returns once
+    /// all are acknowledged, with one report per payload.
+    pub async fn send_payloads(
+        &self,
+        topic: &str,
+        key: &str,
+        kind: MessageKind,
+        payloads: &[&[u8]],
+    ) -> Result<Vec<SendReport>, TransportError> {
+        let mut deliveries = Vec::new();
+        let mut reports = Vec::with_capacity(payloads.len());
         // Chunks are encoded one at a time into one reused buffer and handed
         // to librdkafka (which copies them into its queue), then all delivery
         // reports are awaited together: the transfer streams at the
         // producer's pace, with no second copy of the payload held by us.
-        let mut deliveries = Vec::new();
-        let mut bytes = 0;
         let mut record = Vec::new();
-        let mut chunks = chunking::chunks(payload, self.cfg.chunk_bytes, kind);
-        while let Some(chunk) = chunks.next_ref() {
-            let header = chunk.header_bytes();
-            self.codec
-                .try_encode_parts_into(
-                    &mut record,
-                    MessageKind::Chunk,
-                    &self.sender_id,
-                    sequence,
-                    &[&header, chunk.data],
-                )
-                .map_err(|e| TransportError::Config(format!("cannot encode record: {e}")))?;
-            bytes += record.len();
-            deliveries.push(self.enqueue(topic, key, &record).await?);
-            self.metrics.sent(record.len());
+        for payload in payloads {
+            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let before = deliveries.len();
+            let mut bytes = 0;
+            if payload.len() <= self.cfg.chunk_bytes {
+                self.codec
+                    .try_encode_parts_into(&mut record, kind, &self.sender_id, sequence, &[payload])
+                    .map_err(|e| TransportError::Config(format!("cannot encode record: {e}")))?;
+                bytes += record.len();
+                deliveries.push(self.enqueue(topic, key, &record).await?);
+                self.metrics.sent(record.len());
+            } else {
+                let mut chunks = chunking::chunks(payload, self.cfg.chunk_bytes, kind);
+                while let Some(chunk) = chunks.next_ref() {
+                    let header = chunk.header_bytes();
+                    self.codec
+                        .try_encode_parts_into(
+                            &mut record,
+                            MessageKind::Chunk,
+                            &self.sender_id,
+                            sequence,
+                            &[&header, chunk.data],
+                        )
+                        .map_err(|e| {
+                            TransportError::Config(format!("cannot encode record: {e}"))
+                        })?;
+                    bytes += record.len();
+                    deliveries.push(self.enqueue(topic, key, &record).await?);
+                    self.metrics.sent(record.len());
+                }
+            }
+            reports.push(SendReport {
+                sequence,
+                records: deliveries.len() - before,
+                bytes,
+            });
         }
-        let records = deliveries.len();
         for delivery in futures::future::join_all(deliveries).await {
             match delivery {
                 Ok(Ok(_)) => {}
@@ -365,11 +389,7 @@ impl Transport {
                 }
             }
         }
-        Ok(SendReport {
-            sequence,
-            records,
-            bytes,
-        })
+        Ok(reports)
     }
 
     /// Puts one record in librdkafka's queue (waiting while the queue is
@@ -399,26 +419,6 @@ impl Transport {
                     })
                 }
             }
-        }
-    }
-
-    async fn produce(&self, topic: &str, key: &str, record: &[u8]) -> Result<(), TransportError> {
-        let result = self
-            .producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(record),
-                Timeout::After(Duration::from_secs(60)),
-            )
-            .await;
-        match result {
-            Ok(_) => {
-                self.metrics.sent(record.len());
-                Ok(())
-            }
-            Err((e, _)) => Err(TransportError::Kafka {
-                context: format!("produce to `{topic}`"),
-                source: e,
-            }),
         }
     }
 

@@ -36,8 +36,8 @@ use common::engine::{EngineConfig, EngineError, Manifest, OptimizerConfig};
 use common::envelope::{validate_id, EnvelopeCodec, MessageKind, MAX_ID_BYTES};
 use common::protocol::{
     self, ArtifactFile, Assignment, ControlMessage, GlobalModel, LogBatch, LogRecord, ModelPackage,
-    ProtocolError, Registration, RoundReport, ShardAssignment, StatusMessage, TrainingPlan,
-    UpdateDelta,
+    ProtocolError, Registration, RoundReport, RoundTiming, ShardAssignment, StatusMessage,
+    TrainingPlan, UpdateDelta,
 };
 use common::stats::gate::GateConfig;
 use serde::de::DeserializeOwned;
@@ -524,6 +524,13 @@ fn sample_status() -> Vec<StatusMessage> {
             threshold: -1.3,
             base_version: 2,
             update_bytes: 4096,
+            timing: RoundTiming {
+                queued_secs: 0.01,
+                prepare_secs: 0.002,
+                compute_secs: 0.25,
+                idle_secs: 0.5,
+            },
+            upload_secs: 0.004,
         }),
         StatusMessage::RoundReport(RoundReport {
             worker_id: String::new(),
@@ -542,6 +549,11 @@ fn sample_status() -> Vec<StatusMessage> {
             threshold: 0.0,
             base_version: u64::MAX,
             update_bytes: 0,
+            timing: RoundTiming {
+                queued_secs: f64::NAN,
+                ..RoundTiming::default()
+            },
+            upload_secs: -1.0,
         }),
         StatusMessage::Goodbye {
             worker_id: "wörker-ü".into(),
@@ -568,6 +580,7 @@ fn update_seeds() -> Vec<Vec<u8>> {
             base_version: 4,
             samples: 640,
             validation_loss: 0.9,
+            timing: RoundTiming::default(),
             delta: delta(0),
         },
         UpdateDelta {
@@ -577,6 +590,10 @@ fn update_seeds() -> Vec<Vec<u8>> {
             base_version: 0,
             samples: 1,
             validation_loss: 2.0,
+            timing: RoundTiming {
+                compute_secs: 0.1,
+                ..RoundTiming::default()
+            },
             delta: delta(3),
         },
         UpdateDelta {
@@ -586,6 +603,10 @@ fn update_seeds() -> Vec<Vec<u8>> {
             base_version: 1,
             samples: 10,
             validation_loss: f64::NAN,
+            timing: RoundTiming {
+                idle_secs: f64::INFINITY,
+                ..RoundTiming::default()
+            },
             delta: [delta(500), vec![f32::NAN, f32::INFINITY, -0.0]].concat(),
         },
     ])

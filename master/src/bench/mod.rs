@@ -7,7 +7,9 @@
 //!
 //! * [`runner`] — one run: workers in the nodes, the master on the host, trace replay, tc counters.
 //! * [`report`] — medians, ratios against BSP, `policies.json` and `policies.png`.
+//! * [`overhead`] — `--suite overhead`: the runs' round-phase profiles, `overhead.json` and `overhead.png`.
 
+pub mod overhead;
 pub mod report;
 pub mod runner;
 
@@ -39,6 +41,20 @@ pub struct BenchArgs {
     /// The baseline of the ratios.
     #[arg(long, default_value = "bsp")]
     pub baseline: String,
+    /// What to report: `policies` (time to target, bytes, contributions)
+    /// or `overhead` (also where each round's time went, from every run's
+    /// `phases.csv`: `overhead.json`, `overhead.png`).
+    #[arg(long, value_enum, default_value_t = Suite::Policies)]
+    pub suite: Suite,
+}
+
+/// The reports a bench writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    /// Policies compared: `policies.json`, `policies.png`.
+    Policies,
+    /// The same, plus the round-phase profile: `overhead.json`, `overhead.png`.
+    Overhead,
 }
 
 /// Prints a line above the progress bar, or plainly when the bar is hidden
@@ -164,6 +180,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     report::plot_png(&report, &png)?;
     println!("{}", report::format_table(&report));
     println!("wrote {} and {}", json.display(), png.display());
+    if args.suite == Suite::Overhead {
+        let phases = overhead::OverheadReport::from_runs(&profile.name, &report.runs);
+        let json = args.out.join(overhead::OVERHEAD_JSON);
+        let png = args.out.join(overhead::OVERHEAD_PNG);
+        phases.write_json(&json)?;
+        phases.write_png(&png)?;
+        println!("{}", phases.table());
+        println!("wrote {} and {}", json.display(), png.display());
+    }
     if !failures.is_empty() {
         eprintln!(
             "{} run(s) failed:\n  {}",

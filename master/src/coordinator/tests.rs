@@ -57,6 +57,8 @@ fn report(id: &str, incarnation: u64, round: u64) -> Event {
             threshold: -1.3,
             base_version: 0,
             update_bytes: 0,
+            timing: Default::default(),
+            upload_secs: 0.0,
         }),
     }
 }
@@ -81,6 +83,7 @@ fn update(id: &str, incarnation: u64, sequence: u64, base: u64) -> Event {
             base_version: base,
             samples: 100,
             validation_loss: 0.5,
+            timing: Default::default(),
             delta: vec![1.0; PARAMS],
         },
     }
@@ -172,12 +175,16 @@ fn bsp_makes_a_version_once_every_worker_sent_and_stops_at_the_target() {
     let mut c = started("bsp", &["w1", "w2"], t0);
     assert!(c.handle(update("w1", 1, 10, 0), t0).is_empty());
     let a = c.handle(update("w2", 2, 11, 0), t0);
-    match &a[..] {
-        [Action::NewVersion {
+    // Both next shards first (the barrier opened), the version's
+    // bookkeeping last.
+    assert_eq!(shard_rounds(&a, "w1"), vec![2], "{a:?}");
+    assert_eq!(shard_rounds(&a, "w2"), vec![2], "{a:?}");
+    match a.last() {
+        Some(Action::NewVersion {
             version: 1,
             by,
             commit: Some(d),
-        }] => {
+        }) => {
             assert_eq!(by.len(), 2);
             assert_eq!(
                 d.offset, 11,
@@ -209,8 +216,13 @@ fn a_replayed_update_is_applied_once() {
     let mut c = started("asp", &["w1"], t0);
     let a = c.handle(update("w1", 1, 10, 0), t0);
     assert!(
-        matches!(a[..], [Action::NewVersion { version: 1, .. }]),
+        matches!(a.last(), Some(Action::NewVersion { version: 1, .. })),
         "{a:?}"
+    );
+    assert_eq!(
+        shard_rounds(&a, "w1"),
+        vec![2],
+        "the update ends the round: {a:?}"
     );
     c.evaluated(
         TestResult {
@@ -397,9 +409,12 @@ fn a_shard_issued_again_after_a_lost_report_has_a_new_round_number() {
     assert!(c.workers().active_ids().is_empty());
     let again = c.handle(reg("w1", 7), t0 + Duration::from_secs(17));
     assert_eq!(shard_rounds(&again, "w1"), vec![2], "{again:?}");
-    // A late report of round 1 does not move the counter back.
+    // A late report of round 1 neither moves the counter back nor brings
+    // a shard (round 1 ended when the worker came back); round 2's does.
     let after = c.handle(report("w1", 7, 1), t0 + Duration::from_secs(18));
-    assert_eq!(shard_rounds(&after, "w1"), vec![3], "{after:?}");
+    assert!(shard_rounds(&after, "w1").is_empty(), "{after:?}");
+    let next = c.handle(report("w1", 7, 2), t0 + Duration::from_secs(19));
+    assert_eq!(shard_rounds(&next, "w1"), vec![3], "{next:?}");
 }
 
 #[test]
@@ -431,7 +446,9 @@ fn a_bsp_barrier_releases_the_parked_workers_with_the_new_version() {
         t0,
     );
     assert!(shard_rounds(&after, "w1").is_empty(), "{after:?}");
-    // w2's own report then gets it its shard directly.
+    // w2's update ended its round and brought its shard with w1's; its
+    // report, later, only adds statistics.
+    assert_eq!(shard_rounds(&a, "w2"), vec![2], "{a:?}");
     let w2 = c.handle(report("w2", 2, 1), t0);
-    assert_eq!(shard_rounds(&w2, "w2").len(), 1, "{w2:?}");
+    assert!(shard_rounds(&w2, "w2").is_empty(), "{w2:?}");
 }
