@@ -55,6 +55,10 @@ pub struct AggregationConfig {
     /// Updates based on a version more than this many versions old are rejected
     /// (default 10).
     pub max_staleness: u64,
+    /// Scale `max_staleness` per worker by how many typical rounds its own
+    /// round lasts (1x to 20x; default true): a worker behind a slow link
+    /// contributes damped updates instead of none.
+    pub staleness_scales_with_cycle: bool,
 }
 
 impl Default for AggregationConfig {
@@ -64,6 +68,7 @@ impl Default for AggregationConfig {
             loss_power: 1.0,
             staleness_power: 0.5,
             max_staleness: 10,
+            staleness_scales_with_cycle: true,
         }
     }
 }

@@ -18,6 +18,18 @@
 //!
 //! Every decision is recorded as an [`AllocationRecord`] for `allocation.csv`.
 //!
+//! **Communication-aware sizing** (`mode: comm_aware`, the default): a round
+//! is a fixed cost c (the shard's and global's way down, the update's way
+//! up, waits: the round's cycle as the master measures it, less the
+//! worker's compute) plus n / r (r: samples per second of *compute*). The
+//! throughput rule above (`mode: throughput`) folds c into the rate, so a
+//! worker behind a slow link looks slow and gets the smallest shard, which
+//! makes its rounds all communication. Here the next shard is
+//! `r × max(T − c, min_compute_share × c)`: the same round time T for every
+//! worker whose link allows it, and for one whose link does not, at least
+//! `min_compute_share` seconds of compute per second of transfer (more local
+//! work per transfer, never less). T is then the median of the cycles.
+//!
 //! Fixes over the original: the target time is not frozen after the first
 //! round, sizes are bounded, and sampling is without replacement so no sample
 //! is trained on twice in a pass while another is never seen.
@@ -29,6 +41,25 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+/// How shard sizes follow the measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationMode {
+    /// Shard = (samples / round time) × T: transfer time counts as slowness.
+    Throughput,
+    /// Shard = compute rate × max(T − fixed cost, share × fixed cost).
+    CommAware,
+}
+
+/// What one round cost a worker, as the master measured it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundCost {
+    /// The worker's compute (and emulated idle), seconds.
+    pub compute_secs: f64,
+    /// The whole cycle: shard issued → round ended, seconds (≥ compute).
+    pub cycle_secs: f64,
+}
 
 /// Allocation parameters; every field has a default, unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +82,11 @@ pub struct AllocationConfig {
     pub round_time_window: usize,
     /// Seed of the sampling permutations (default 42).
     pub seed: u64,
+    /// `comm_aware` (default) or `throughput` (see the module docs).
+    pub mode: AllocationMode,
+    /// Under `comm_aware`: seconds of compute a round gets at least per
+    /// second of its fixed (transfer) cost (default 1.0).
+    pub min_compute_share: f64,
 }
 
 impl Default for AllocationConfig {
@@ -63,6 +99,8 @@ impl Default for AllocationConfig {
             target_round_secs: None,
             round_time_window: 20,
             seed: 42,
+            mode: AllocationMode::CommAware,
+            min_compute_share: 1.0,
         }
     }
 }
@@ -102,6 +140,11 @@ impl AllocationConfig {
             self.round_time_window >= 1,
             "allocation.round_time_window must be at least 1, got 0"
         );
+        ensure!(
+            self.min_compute_share.is_finite() && self.min_compute_share >= 0.0,
+            "allocation.min_compute_share must be a finite value >= 0, got {}",
+            self.min_compute_share
+        );
         Ok(())
     }
 }
@@ -132,6 +175,9 @@ pub struct AllocationRecord {
     pub throughput: Option<f64>,
     /// Target round time T in seconds used, if known.
     pub target_time: Option<f64>,
+    /// The worker's measured fixed cost per round (transfer, waits),
+    /// seconds, if known (`comm_aware`).
+    pub fixed_secs: Option<f64>,
     /// The shard size handed out.
     pub size: usize,
     /// Pass over the training set.
@@ -140,7 +186,8 @@ pub struct AllocationRecord {
 
 impl AllocationRecord {
     /// Header line matching [`AllocationRecord::csv_row`].
-    pub const CSV_HEADER: &'static str = "worker,round,shard_id,throughput,target_time,size,pass";
+    pub const CSV_HEADER: &'static str =
+        "worker,round,shard_id,throughput,target_time,size,pass,fixed_secs";
 
     /// The record as one CSV line (no newline); unknown values are empty fields.
     pub fn csv_row(&self) -> String {
@@ -151,13 +198,14 @@ impl AllocationRecord {
             self.worker.clone()
         };
         format!(
-            "{worker},{},{},{},{},{},{}",
+            "{worker},{},{},{},{},{},{},{}",
             self.round,
             self.shard_id,
             opt(self.throughput),
             opt(self.target_time),
             self.size,
-            self.pass
+            self.pass,
+            opt(self.fixed_secs)
         )
     }
 }
@@ -173,6 +221,12 @@ pub struct ShardAllocator {
     pass: u64,
     returned: VecDeque<u32>,
     throughput: BTreeMap<String, f64>,
+    /// Smoothed samples per second of compute.
+    compute_rate: BTreeMap<String, f64>,
+    /// Smoothed fixed cost per round, seconds.
+    fixed_cost: BTreeMap<String, f64>,
+    /// Smoothed cycle per round, seconds.
+    cycle: BTreeMap<String, f64>,
     round_times: VecDeque<f64>,
     outstanding: BTreeMap<String, Shard>,
     next_shard_id: u64,
@@ -192,6 +246,15 @@ pub struct AllocatorSnapshot {
     pub pass: u64,
     /// The next shard id.
     pub next_shard_id: u64,
+    /// Smoothed samples per second of compute per worker.
+    #[serde(default)]
+    pub compute_rate: BTreeMap<String, f64>,
+    /// Smoothed fixed cost per round per worker, seconds.
+    #[serde(default)]
+    pub fixed_cost: BTreeMap<String, f64>,
+    /// Smoothed cycle per round per worker, seconds.
+    #[serde(default)]
+    pub cycle: BTreeMap<String, f64>,
 }
 
 impl ShardAllocator {
@@ -202,6 +265,9 @@ impl ShardAllocator {
             round_times: self.round_times.iter().copied().collect(),
             pass: self.pass,
             next_shard_id: self.next_shard_id,
+            compute_rate: self.compute_rate.clone(),
+            fixed_cost: self.fixed_cost.clone(),
+            cycle: self.cycle.clone(),
         }
     }
 
@@ -211,6 +277,9 @@ impl ShardAllocator {
         self.round_times = s.round_times.into_iter().collect();
         self.pass = s.pass;
         self.next_shard_id = s.next_shard_id;
+        self.compute_rate = s.compute_rate;
+        self.fixed_cost = s.fixed_cost;
+        self.cycle = s.cycle;
     }
 
     /// An allocator over a training set of `dataset_len` samples.
@@ -235,6 +304,9 @@ impl ShardAllocator {
             pass: 0,
             returned: VecDeque::new(),
             throughput: BTreeMap::new(),
+            compute_rate: BTreeMap::new(),
+            fixed_cost: BTreeMap::new(),
+            cycle: BTreeMap::new(),
             round_times: VecDeque::new(),
             outstanding: BTreeMap::new(),
             next_shard_id: 0,
@@ -243,25 +315,68 @@ impl ShardAllocator {
     }
 
     /// Records a finished round: `samples` is the shard size the worker trained on
-    /// (not multiplied by epochs), `round_secs` the round's wall time.
+    /// (not multiplied by epochs), `round_secs` the round's wall time (all
+    /// compute: no fixed cost is learned).
     pub fn record_round(&mut self, worker: &str, samples: usize, round_secs: f64) -> Result<()> {
+        self.record_round_cost(
+            worker,
+            samples,
+            RoundCost {
+                compute_secs: round_secs,
+                cycle_secs: round_secs,
+            },
+        )
+    }
+
+    /// Records a finished round with its compute and its whole cycle.
+    pub fn record_round_cost(
+        &mut self,
+        worker: &str,
+        samples: usize,
+        cost: RoundCost,
+    ) -> Result<()> {
         if samples == 0 {
             bail!("round report of worker {worker} has 0 samples; throughput not updated");
         }
-        if !(round_secs.is_finite() && round_secs > 0.0) {
-            bail!("round report of worker {worker} has round time {round_secs} s; throughput not updated");
+        let RoundCost {
+            compute_secs,
+            cycle_secs,
+        } = cost;
+        if !(cycle_secs.is_finite() && cycle_secs > 0.0) {
+            bail!("round of worker {worker} took {cycle_secs} s; throughput not updated");
         }
-        let sample = samples as f64 / round_secs;
+        if !(compute_secs.is_finite() && compute_secs > 0.0) {
+            bail!("round report of worker {worker} has compute time {compute_secs} s; throughput not updated");
+        }
+        // A worker's compute cannot exceed its cycle (clocks of two machines
+        // are never compared: both come from the master or both from the worker).
+        let compute_secs = compute_secs.min(cycle_secs);
         let s = self.config.throughput_smoothing;
-        self.throughput
-            .entry(worker.to_string())
-            .and_modify(|ema| *ema = s * sample + (1.0 - s) * *ema)
-            .or_insert(sample);
+        let ema = |map: &mut BTreeMap<String, f64>, sample: f64| {
+            map.entry(worker.to_string())
+                .and_modify(|ema| *ema = s * sample + (1.0 - s) * *ema)
+                .or_insert(sample);
+        };
+        ema(&mut self.throughput, samples as f64 / cycle_secs);
+        ema(&mut self.compute_rate, samples as f64 / compute_secs);
+        ema(&mut self.fixed_cost, cycle_secs - compute_secs);
+        ema(&mut self.cycle, cycle_secs);
+        let round_secs = cycle_secs;
         self.round_times.push_back(round_secs);
         while self.round_times.len() > self.config.round_time_window {
             self.round_times.pop_front();
         }
         Ok(())
+    }
+
+    /// The worker's smoothed fixed cost per round (seconds), if measured.
+    pub fn fixed_cost(&self, worker: &str) -> Option<f64> {
+        self.fixed_cost.get(worker).copied()
+    }
+
+    /// The worker's smoothed cycle per round (seconds), if measured.
+    pub fn cycle(&self, worker: &str) -> Option<f64> {
+        self.cycle.get(worker).copied()
     }
 
     /// The worker's smoothed throughput in samples per second, if measured.
@@ -290,9 +405,17 @@ impl ShardAllocator {
 
     /// The size the worker's next shard would get now.
     pub fn planned_size(&self, worker: &str) -> usize {
-        let size = match (self.throughput(worker), self.target_round_secs()) {
-            (Some(rate), Some(t)) => {
-                let raw = (rate * t).round();
+        let rate_and_budget = match self.config.mode {
+            AllocationMode::Throughput => self.throughput(worker).map(|r| (r, 0.0)),
+            AllocationMode::CommAware => self
+                .compute_rate
+                .get(worker)
+                .map(|&r| (r, self.fixed_cost(worker).unwrap_or(0.0))),
+        };
+        let size = match (rate_and_budget, self.target_round_secs()) {
+            (Some((rate, fixed)), Some(t)) => {
+                let budget = (t - fixed).max(self.config.min_compute_share * fixed);
+                let raw = (rate * budget).round();
                 // `as` saturates for huge floats; clamping follows anyway.
                 (raw as usize).clamp(self.config.min_shard, self.config.max_shard)
             }
@@ -319,6 +442,7 @@ impl ShardAllocator {
             shard_id: shard.id,
             throughput: self.throughput(worker),
             target_time: self.target_round_secs(),
+            fixed_secs: self.fixed_cost(worker),
             size,
             pass: shard.pass,
         });
@@ -429,6 +553,7 @@ mod tests {
             target_round_secs: None,
             round_time_window: 5,
             seed: 7,
+            ..AllocationConfig::default()
         }
     }
 
@@ -593,6 +718,83 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_link_gets_more_work_per_transfer_not_less() {
+        let cfg = AllocationConfig {
+            throughput_smoothing: 1.0,
+            min_shard: 64,
+            max_shard: 5000,
+            round_time_window: 20,
+            ..config()
+        };
+        let mut comm = ShardAllocator::new(cfg.clone(), 100_000).unwrap();
+        let mut old = ShardAllocator::new(
+            AllocationConfig {
+                mode: AllocationMode::Throughput,
+                ..cfg
+            },
+            100_000,
+        )
+        .unwrap();
+        // Equal compute (1000 samples/s); "fast" has no transfer cost,
+        // "link" spends 4 s per round on its link.
+        for a in [&mut comm, &mut old] {
+            for _ in 0..3 {
+                let cost = |fixed: f64| RoundCost {
+                    compute_secs: 0.5,
+                    cycle_secs: 0.5 + fixed,
+                };
+                a.record_round_cost("fast", 500, cost(0.0)).unwrap();
+                a.record_round_cost("fast", 500, cost(0.0)).unwrap();
+                a.record_round_cost("link", 500, cost(4.0)).unwrap();
+            }
+        }
+        // T = the median cycle, 0.5 s.
+        assert_eq!(comm.target_round_secs(), Some(0.5));
+        assert_eq!(comm.planned_size("fast"), 500);
+        // Comm-aware: as long computing as transferring: 1000/s x 4 s.
+        assert_eq!(comm.planned_size("link"), 4000);
+        assert_eq!(comm.fixed_cost("link"), Some(4.0));
+        // The throughput rule sees 500 samples per 4.5 s and shrinks it.
+        assert_eq!(old.planned_size("link"), 64, "min_shard");
+        assert_eq!(old.planned_size("fast"), 500);
+        // With no fixed cost both rules agree.
+        let mut a = ShardAllocator::new(config(), 10_000).unwrap();
+        a.record_round("w", 100, 1.0).unwrap();
+        assert_eq!(a.fixed_cost("w"), Some(0.0));
+        // A compute longer than the cycle is capped at the cycle; bad numbers are refused.
+        assert!(a
+            .record_round_cost(
+                "w",
+                10,
+                RoundCost {
+                    compute_secs: f64::NAN,
+                    cycle_secs: 1.0
+                }
+            )
+            .is_err());
+        assert!(a
+            .record_round_cost(
+                "w",
+                10,
+                RoundCost {
+                    compute_secs: 1.0,
+                    cycle_secs: -1.0
+                }
+            )
+            .is_err());
+        a.record_round_cost(
+            "w",
+            100,
+            RoundCost {
+                compute_secs: 9.0,
+                cycle_secs: 1.0,
+            },
+        )
+        .unwrap();
+        assert!(a.fixed_cost("w").unwrap() >= 0.0);
+    }
+
+    #[test]
     fn csv_row_matches_header() {
         let r = AllocationRecord {
             worker: "w1".into(),
@@ -602,8 +804,9 @@ mod tests {
             target_time: None,
             size: 63,
             pass: 0,
+            fixed_secs: Some(1.5),
         };
-        assert_eq!(r.csv_row(), "w1,3,9,25.000000,,63,0");
+        assert_eq!(r.csv_row(), "w1,3,9,25.000000,,63,0,1.500000");
         assert_eq!(
             AllocationRecord::CSV_HEADER.split(',').count(),
             r.csv_row().split(',').count()

@@ -15,7 +15,7 @@ use common::protocol::{Registration, RoundReport, StatusMessage, UpdateDelta};
 use common::transport::Delivery;
 
 use crate::aggregation::{admit_update, UpdateHeader, UpdateLedger};
-use crate::allocation::{AllocationRecord, Shard, ShardAllocator};
+use crate::allocation::{AllocationMode, AllocationRecord, RoundCost, Shard, ShardAllocator};
 use crate::config::MasterConfig;
 use crate::policy::{registry as policy_registry, AcceptedUpdate, PolicyContext, SyncPolicy};
 use crate::registry::{Joined, WorkerRegistry};
@@ -197,6 +197,8 @@ pub struct Coordinator {
     best_loss: f64,
     best_loss_version: u64,
     broker_reachable: bool,
+    /// The time of the event being handled.
+    now: Instant,
 }
 
 impl Coordinator {
@@ -228,6 +230,7 @@ impl Coordinator {
             best_loss: f64::INFINITY,
             best_loss_version: 0,
             broker_reachable: true,
+            now,
         })
     }
 
@@ -328,6 +331,7 @@ impl Coordinator {
 
     /// Handles one event at time `now`.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        self.now = now;
         let mut out = Vec::new();
         match event {
             Event::Status { sender, msg } => self.on_status(&sender, msg, now, &mut out),
@@ -350,6 +354,7 @@ impl Coordinator {
     /// The evaluation of the newest version; returns what follows (another
     /// version if the policy is ready again, or the end of the run).
     pub fn evaluated(&mut self, test: TestResult, now: Instant) -> Vec<Action> {
+        self.now = now;
         let mut out = Vec::new();
         if test.loss < self.best_loss {
             self.best_loss = test.loss;
@@ -458,7 +463,7 @@ impl Coordinator {
         self.last_progress = now;
         out.push(Action::RecordInitialVersion);
         for id in self.workers.active_ids() {
-            out.push(Action::SendPackage { worker: id.clone() });
+            self.send_package(&id, out);
             self.next_shard(&id, out);
         }
     }
@@ -562,7 +567,7 @@ impl Coordinator {
         self.policy.on_worker_joined(&ctx, &id);
         self.parked.remove(&id);
         if self.training_started.is_some() {
-            out.push(Action::SendPackage { worker: id.clone() });
+            self.send_package(&id, out);
             self.next_shard(&id, out);
         }
     }
@@ -595,11 +600,25 @@ impl Coordinator {
             return;
         }
         self.workers.record_round(&report);
-        if let Err(e) = self.allocator.record_round(
-            &report.worker_id,
-            report.samples as usize,
-            report.round_secs,
-        ) {
+        let recorded = match self.cfg.allocation.mode {
+            AllocationMode::Throughput => self.allocator.record_round(
+                &report.worker_id,
+                report.samples as usize,
+                report.round_secs,
+            ),
+            AllocationMode::CommAware => {
+                let cycle = self.round_cycle(&report.worker_id, report.incarnation, report.round);
+                self.allocator.record_round_cost(
+                    &report.worker_id,
+                    report.samples as usize,
+                    RoundCost {
+                        compute_secs: report.compute_secs + report.emulated_idle_secs,
+                        cycle_secs: cycle.unwrap_or(report.round_secs),
+                    },
+                )
+            }
+        };
+        if let Err(e) = recorded {
             tracing::warn!(worker = %report.worker_id, "round not used for allocation: {e:#}");
         }
         tracing::info!(
@@ -618,7 +637,7 @@ impl Coordinator {
     /// came first): the policy hears of it once, and the worker gets its
     /// next shard at once or waits (parked) until the policy lets it.
     fn end_round(&mut self, id: &str, incarnation: u64, round: u64, out: &mut Vec<Action>) {
-        if !self.workers.end_round(id, incarnation, round) {
+        if !self.workers.end_round(id, incarnation, round, self.now) {
             return;
         }
         let ctx_workers = self.ctx_workers();
@@ -674,8 +693,12 @@ impl Coordinator {
             version: self.version,
             active_workers: &ctx_workers,
         };
+        let aggregation = crate::aggregation::AggregationConfig {
+            max_staleness: self.allowed_staleness(&update.worker_id, update.round),
+            ..self.cfg.aggregation.clone()
+        };
         match admit_update(
-            &self.cfg.aggregation,
+            &aggregation,
             &mut self.ledger,
             self.version,
             self.global.len(),
@@ -776,13 +799,69 @@ impl Coordinator {
         });
     }
 
+    /// The cycle of `round` (its shard issued → its end, master's clock):
+    /// as measured when it ended, or up to now when this report ends it.
+    /// `None` for a round that went with a package, or one not known.
+    fn round_cycle(&mut self, id: &str, incarnation: u64, round: u64) -> Option<f64> {
+        let now = self.now;
+        let w = self.workers.current(id, incarnation)?;
+        if let Some((r, secs)) = w.last_cycle {
+            if r == round {
+                return Some(secs);
+            }
+        }
+        let (r, at) = w.issued?;
+        (r == round && r != w.package_round && w.ended_round < round)
+            .then(|| now.saturating_duration_since(at).as_secs_f64())
+    }
+
+    /// The package goes first; the round of the shard that follows it is
+    /// not a measure of the worker's cost.
+    fn send_package(&mut self, id: &str, out: &mut Vec<Action>) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.package_round = w.next_round;
+        }
+        out.push(Action::SendPackage {
+            worker: id.to_string(),
+        });
+    }
+
+    /// How stale an update of `worker`'s `round` may be:
+    /// `aggregation.max_staleness`, scaled (`staleness_scales_with_cycle`)
+    /// by how many typical rounds (the allocator's T) this round lasted, at
+    /// most 20x: a worker behind a slow link sees more versions go by per
+    /// round than the rest, and its update is damped by its staleness
+    /// rather than thrown away.
+    fn allowed_staleness(&self, worker: &str, round: u64) -> u64 {
+        let base = self.cfg.aggregation.max_staleness;
+        if !self.cfg.aggregation.staleness_scales_with_cycle {
+            return base;
+        }
+        let own = self
+            .workers
+            .get(worker)
+            .and_then(|w| w.issued)
+            .filter(|(r, _)| *r == round)
+            .map(|(_, at)| self.now.saturating_duration_since(at).as_secs_f64())
+            .or_else(|| self.allocator.cycle(worker));
+        match (own, self.allocator.target_round_secs()) {
+            (Some(own), Some(typical)) if typical > 0.0 && own.is_finite() => {
+                let factor = (own / typical).clamp(1.0, 20.0);
+                (base as f64 * factor).ceil() as u64
+            }
+            _ => base,
+        }
+    }
+
     fn next_shard(&mut self, id: &str, out: &mut Vec<Action>) {
         // Every shard gets a round number of its own: a shard issued again
         // (the worker came back after its round report was lost) is a new
         // round, so (worker, incarnation, round) names one update at most.
+        let now = self.now;
         let Some(round) = self.workers.get_mut(id).filter(|w| w.active).map(|w| {
             let round = w.next_round;
             w.next_round = round + 1;
+            w.issued = Some((round, now));
             round
         }) else {
             return;

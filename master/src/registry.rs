@@ -25,6 +25,14 @@ pub struct WorkerState {
     /// report, whichever came first); a later message of the same round
     /// only adds statistics.
     pub ended_round: u64,
+    /// The round of the newest shard issued, and when (master's clock).
+    pub issued: Option<(u64, Instant)>,
+    /// A round whose shard went with a package (its cycle includes the
+    /// package's transfer and the engine's load: not a round's cost).
+    pub package_round: u64,
+    /// The cycle of the newest ended round: (round, seconds from its shard
+    /// issued to its end).
+    pub last_cycle: Option<(u64, f64)>,
     /// Statistics over the run.
     pub stats: WorkerStats,
 }
@@ -153,6 +161,9 @@ impl WorkerRegistry {
                         next_round: 1,
                         busy: false,
                         ended_round: 0,
+                        issued: None,
+                        package_round: 0,
+                        last_cycle: None,
                         stats: WorkerStats {
                             registrations: 1,
                             ..WorkerStats::default()
@@ -169,6 +180,11 @@ impl WorkerRegistry {
         self.workers
             .get_mut(id)
             .filter(|w| w.active && w.registration.incarnation == incarnation)
+    }
+
+    /// Any state of `id`, read only.
+    pub fn get(&self, id: &str) -> Option<&WorkerState> {
+        self.workers.get(id)
     }
 
     /// Any state of `id`.
@@ -257,10 +273,15 @@ impl WorkerRegistry {
     /// Marks the end of `round` of the current `incarnation` of `id`: true
     /// the first time (the caller schedules what follows), false when that
     /// round had ended already or is not one the master handed out.
-    pub fn end_round(&mut self, id: &str, incarnation: u64, round: u64) -> bool {
+    pub fn end_round(&mut self, id: &str, incarnation: u64, round: u64, now: Instant) -> bool {
         match self.current(id, incarnation) {
             Some(w) if round > w.ended_round && round < w.next_round => {
                 w.ended_round = round;
+                if let Some((r, at)) = w.issued.filter(|(r, _)| *r == round) {
+                    if r != w.package_round {
+                        w.last_cycle = Some((r, now.saturating_duration_since(at).as_secs_f64()));
+                    }
+                }
                 if round + 1 >= w.next_round {
                     w.busy = false;
                 }
@@ -334,6 +355,9 @@ impl WorkerRegistry {
                         next_round: s.next_round,
                         busy: false,
                         ended_round: s.next_round.saturating_sub(1),
+                        issued: None,
+                        package_round: 0,
+                        last_cycle: None,
                         stats: s.stats,
                     },
                 )

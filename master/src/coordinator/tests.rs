@@ -452,3 +452,90 @@ fn a_bsp_barrier_releases_the_parked_workers_with_the_new_version() {
     let w2 = c.handle(report("w2", 2, 1), t0);
     assert!(shard_rounds(&w2, "w2").is_empty(), "{w2:?}");
 }
+
+fn update_of_round(id: &str, incarnation: u64, sequence: u64, base: u64, round: u64) -> Event {
+    let mut e = update(id, incarnation, sequence, base);
+    if let Event::Update { update, .. } = &mut e {
+        update.round = round;
+    }
+    e
+}
+
+fn report_of_round(id: &str, incarnation: u64, round: u64, compute_secs: f64) -> Event {
+    let mut e = report(id, incarnation, round);
+    if let Event::Status {
+        msg: StatusMessage::RoundReport(r),
+        ..
+    } = &mut e
+    {
+        r.compute_secs = compute_secs;
+        r.round_secs = compute_secs;
+    }
+    e
+}
+
+/// "fast" makes a version a second; "slow" (behind a slow link) needs six
+/// seconds for its first round: its update is six versions stale.
+fn slow_link_run(scale: bool) -> Coordinator {
+    let t0 = Instant::now();
+    let mut cfg = config("asp", 2);
+    cfg.aggregation.max_staleness = 2;
+    cfg.aggregation.staleness_scales_with_cycle = scale;
+    let mut c = Coordinator::new(cfg, vec![0.0; PARAMS], 1000, t0).unwrap();
+    c.handle(reg("fast", 1), t0);
+    c.handle(reg("slow", 2), t0);
+    c.handle(tick(true), t0);
+    for r in 1..=6u64 {
+        let t = t0 + Duration::from_secs(r);
+        c.handle(update_of_round("fast", 1, 10 + r, r - 1, r), t);
+        c.handle(report_of_round("fast", 1, r, 0.9), t);
+    }
+    assert_eq!(c.version(), 6);
+    let t = t0 + Duration::from_millis(6500);
+    c.handle(update_of_round("slow", 2, 100, 0, 1), t);
+    c
+}
+
+#[test]
+fn a_slow_links_update_is_damped_not_thrown_away() {
+    // Its round lasted ~6.5 typical rounds: 2 x 6.5 -> 13 versions allowed.
+    let c = slow_link_run(true);
+    assert_eq!(c.version(), 7, "the slow worker's update made a version");
+    assert_eq!(c.rejected_total(), 0);
+    // The fixed bound throws it away.
+    let c = slow_link_run(false);
+    assert_eq!(c.version(), 6);
+    assert_eq!(
+        c.rejected().get("too_stale"),
+        Some(&1),
+        "{:?}",
+        c.rejected()
+    );
+}
+
+#[test]
+fn the_allocator_learns_a_rounds_cost_from_the_masters_clock() {
+    let t0 = Instant::now();
+    let mut c = started("asp", &["w"], t0);
+    // Round 1 went with the package: not a measure. Round 2: issued at
+    // 1 s, ended (update) at 3 s, 0.5 s of it compute.
+    c.handle(
+        update_of_round("w", 1, 1, 0, 1),
+        t0 + Duration::from_secs(1),
+    );
+    c.handle(report_of_round("w", 1, 1, 0.5), t0 + Duration::from_secs(1));
+    assert_eq!(
+        c.allocator.fixed_cost("w"),
+        Some(0.0),
+        "from its own report"
+    );
+    c.handle(
+        update_of_round("w", 1, 2, 1, 2),
+        t0 + Duration::from_secs(3),
+    );
+    // The report comes later; the cycle was taken when the update ended the round.
+    c.handle(report_of_round("w", 1, 2, 0.5), t0 + Duration::from_secs(4));
+    let fixed = c.allocator.fixed_cost("w").unwrap();
+    // EMA (0.5) of 0 and 1.5 s.
+    assert!((fixed - 0.75).abs() < 1e-9, "{fixed}");
+}
