@@ -228,7 +228,8 @@ pub struct ShardAllocator {
     /// Smoothed cycle per round, seconds.
     cycle: BTreeMap<String, f64>,
     round_times: VecDeque<f64>,
-    outstanding: BTreeMap<String, Shard>,
+    /// Shards out with each worker, oldest first (more than one with prefetch).
+    outstanding: BTreeMap<String, VecDeque<Shard>>,
     next_shard_id: u64,
     records: Vec<AllocationRecord>,
 }
@@ -427,6 +428,13 @@ impl ShardAllocator {
     /// Draws the worker's shard for `round`. The worker's previous shard counts as
     /// done: it asked for more data, so it trained on it.
     pub fn next_shard(&mut self, worker: &str, round: u64) -> Shard {
+        self.next_shard_keeping(worker, round, 0)
+    }
+
+    /// Draws the worker's shard for `round` while `in_flight` of its earlier
+    /// shards are still being trained (prefetch): those stay outstanding
+    /// (given back if the worker goes), older ones count as done.
+    pub fn next_shard_keeping(&mut self, worker: &str, round: u64, in_flight: usize) -> Shard {
         let size = self.planned_size(worker);
         let indices = self.draw(size);
         let shard = Shard {
@@ -446,7 +454,11 @@ impl ShardAllocator {
             size,
             pass: shard.pass,
         });
-        self.outstanding.insert(worker.to_string(), shard.clone());
+        let out = self.outstanding.entry(worker.to_string()).or_default();
+        while out.len() > in_flight {
+            out.pop_front();
+        }
+        out.push_back(shard.clone());
         shard
     }
 
@@ -454,18 +466,21 @@ impl ShardAllocator {
     /// handed out first. Returns how many indices were returned (0 if none).
     pub fn release_worker(&mut self, worker: &str) -> usize {
         match self.outstanding.remove(worker) {
-            Some(shard) => {
-                let n = shard.indices.len();
-                self.returned.extend(shard.indices);
+            Some(shards) => {
+                let mut n = 0;
+                for shard in shards {
+                    n += shard.indices.len();
+                    self.returned.extend(shard.indices);
+                }
                 n
             }
             None => 0,
         }
     }
 
-    /// The worker's current shard, if any.
+    /// The worker's newest shard, if any.
     pub fn outstanding(&self, worker: &str) -> Option<&Shard> {
-        self.outstanding.get(worker)
+        self.outstanding.get(worker).and_then(|q| q.back())
     }
 
     /// The current pass over the training set (0-based).
@@ -792,6 +807,22 @@ mod tests {
         )
         .unwrap();
         assert!(a.fixed_cost("w").unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn prefetched_shards_stay_outstanding_until_done() {
+        let mut a = ShardAllocator::new(config(), 1000).unwrap();
+        let s1 = a.next_shard_keeping("w", 1, 0);
+        let s2 = a.next_shard_keeping("w", 2, 1);
+        assert_eq!(a.outstanding("w"), Some(&s2));
+        // Round 1 ended: round 3 is drawn while round 2 trains; s1 is done.
+        let s3 = a.next_shard_keeping("w", 3, 1);
+        assert_eq!(
+            a.release_worker("w"),
+            s2.indices.len() + s3.indices.len(),
+            "both in flight go back, the finished one does not ({} samples)",
+            s1.indices.len()
+        );
     }
 
     #[test]

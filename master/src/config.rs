@@ -63,6 +63,12 @@ pub struct MasterConfig {
     /// slow link never carries a superseded version) or `broadcast` (every
     /// version on the shared model topic, read by every worker).
     pub model_delivery: ModelDelivery,
+    /// Prefetch (default true): under policies without a barrier (Hermes,
+    /// ASP), a worker holds its next shard (with the newest global at the
+    /// time) while it trains on the current one, so a round never waits for
+    /// a transfer that could have started earlier. BSP and SSP keep one
+    /// shard at a time (their next round waits for the others anyway).
+    pub prefetch: bool,
 }
 
 /// See [`MasterConfig::model_delivery`].
@@ -125,6 +131,7 @@ impl Default for MasterConfig {
             stop: StopConfig::default(),
             agents: AgentsConfig::default(),
             model_delivery: ModelDelivery::default(),
+            prefetch: true,
         }
     }
 }

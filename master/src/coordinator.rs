@@ -464,7 +464,7 @@ impl Coordinator {
         out.push(Action::RecordInitialVersion);
         for id in self.workers.active_ids() {
             self.send_package(&id, out);
-            self.next_shard(&id, out);
+            self.fill_shards(&id, out);
         }
     }
 
@@ -568,7 +568,7 @@ impl Coordinator {
         self.parked.remove(&id);
         if self.training_started.is_some() {
             self.send_package(&id, out);
-            self.next_shard(&id, out);
+            self.fill_shards(&id, out);
         }
     }
 
@@ -607,7 +607,17 @@ impl Coordinator {
                 report.round_secs,
             ),
             AllocationMode::CommAware => {
-                let cycle = self.round_cycle(&report.worker_id, report.incarnation, report.round);
+                // With prefetch a shard may wait at the worker behind the
+                // round before it: that wait is not this round's cost.
+                let queued = report.timing.queued_secs;
+                let queued = if queued.is_finite() && queued > 0.0 {
+                    queued
+                } else {
+                    0.0
+                };
+                let cycle = self
+                    .round_cycle(&report.worker_id, report.incarnation, report.round)
+                    .map(|c| (c - queued).max(0.0));
                 self.allocator.record_round_cost(
                     &report.worker_id,
                     report.samples as usize,
@@ -647,9 +657,35 @@ impl Coordinator {
         };
         self.policy.on_round_end(&ctx, id);
         if self.policy.may_start_round(&ctx, id) {
-            self.next_shard(id, out);
+            self.fill_shards(id, out);
         } else {
             self.parked.insert(id.to_string());
+        }
+    }
+
+    /// Shards a worker holds at once: one, or two with prefetch (the next
+    /// one arrives while it trains on the current one).
+    fn shards_per_worker(&self) -> usize {
+        if self.cfg.prefetch && self.policy.allows_prefetch() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Issues shards until the worker holds [`Self::shards_per_worker`].
+    fn fill_shards(&mut self, id: &str, out: &mut Vec<Action>) {
+        let want = self.shards_per_worker();
+        for _ in 0..want {
+            let held = self
+                .workers
+                .get(id)
+                .filter(|w| w.active)
+                .map(|w| w.in_flight());
+            match held {
+                Some(n) if n < want => self.next_shard(id, out),
+                _ => break,
+            }
         }
     }
 
@@ -810,8 +846,8 @@ impl Coordinator {
                 return Some(secs);
             }
         }
-        let (r, at) = w.issued?;
-        (r == round && r != w.package_round && w.ended_round < round)
+        let at = w.issued_at(round)?;
+        (round != w.package_round && w.ended_round < round)
             .then(|| now.saturating_duration_since(at).as_secs_f64())
     }
 
@@ -840,9 +876,8 @@ impl Coordinator {
         let own = self
             .workers
             .get(worker)
-            .and_then(|w| w.issued)
-            .filter(|(r, _)| *r == round)
-            .map(|(_, at)| self.now.saturating_duration_since(at).as_secs_f64())
+            .and_then(|w| w.issued_at(round))
+            .map(|at| self.now.saturating_duration_since(at).as_secs_f64())
             .or_else(|| self.allocator.cycle(worker));
         match (own, self.allocator.target_round_secs()) {
             (Some(own), Some(typical)) if typical > 0.0 && own.is_finite() => {
@@ -858,15 +893,16 @@ impl Coordinator {
         // (the worker came back after its round report was lost) is a new
         // round, so (worker, incarnation, round) names one update at most.
         let now = self.now;
-        let Some(round) = self.workers.get_mut(id).filter(|w| w.active).map(|w| {
+        let Some((round, in_flight)) = self.workers.get_mut(id).filter(|w| w.active).map(|w| {
+            let in_flight = w.in_flight();
             let round = w.next_round;
             w.next_round = round + 1;
-            w.issued = Some((round, now));
-            round
+            w.issue(round, now);
+            (round, in_flight)
         }) else {
             return;
         };
-        let shard = self.allocator.next_shard(id, round);
+        let shard = self.allocator.next_shard_keeping(id, round, in_flight);
         let records = self.allocator.drain_records();
         if !records.is_empty() {
             out.push(Action::RecordAllocations(records));

@@ -25,8 +25,9 @@ pub struct WorkerState {
     /// report, whichever came first); a later message of the same round
     /// only adds statistics.
     pub ended_round: u64,
-    /// The round of the newest shard issued, and when (master's clock).
-    pub issued: Option<(u64, Instant)>,
+    /// The rounds of the newest shards issued, and when (master's clock),
+    /// oldest first (a few: more than one is out with prefetch).
+    pub issued: std::collections::VecDeque<(u64, Instant)>,
     /// A round whose shard went with a package (its cycle includes the
     /// package's transfer and the engine's load: not a round's cost).
     pub package_round: u64,
@@ -35,6 +36,36 @@ pub struct WorkerState {
     pub last_cycle: Option<(u64, f64)>,
     /// Statistics over the run.
     pub stats: WorkerStats,
+}
+
+impl WorkerState {
+    /// Most issue times kept per worker.
+    const ISSUED_KEPT: usize = 8;
+
+    /// A shard for `round` was issued at `at`.
+    pub fn issue(&mut self, round: u64, at: Instant) {
+        self.issued.push_back((round, at));
+        while self.issued.len() > Self::ISSUED_KEPT {
+            self.issued.pop_front();
+        }
+    }
+
+    /// When the shard of `round` was issued, if it is one of the newest.
+    pub fn issued_at(&self, round: u64) -> Option<Instant> {
+        self.issued
+            .iter()
+            .rev()
+            .find(|(r, _)| *r == round)
+            .map(|(_, at)| *at)
+    }
+
+    /// Rounds issued and not ended yet.
+    pub fn in_flight(&self) -> usize {
+        (self
+            .next_round
+            .saturating_sub(1)
+            .saturating_sub(self.ended_round)) as usize
+    }
 }
 
 /// Per-worker counters for the run summary.
@@ -161,7 +192,7 @@ impl WorkerRegistry {
                         next_round: 1,
                         busy: false,
                         ended_round: 0,
-                        issued: None,
+                        issued: Default::default(),
                         package_round: 0,
                         last_cycle: None,
                         stats: WorkerStats {
@@ -277,9 +308,10 @@ impl WorkerRegistry {
         match self.current(id, incarnation) {
             Some(w) if round > w.ended_round && round < w.next_round => {
                 w.ended_round = round;
-                if let Some((r, at)) = w.issued.filter(|(r, _)| *r == round) {
-                    if r != w.package_round {
-                        w.last_cycle = Some((r, now.saturating_duration_since(at).as_secs_f64()));
+                if let Some(at) = w.issued_at(round) {
+                    if round != w.package_round {
+                        w.last_cycle =
+                            Some((round, now.saturating_duration_since(at).as_secs_f64()));
                     }
                 }
                 if round + 1 >= w.next_round {
@@ -355,7 +387,7 @@ impl WorkerRegistry {
                         next_round: s.next_round,
                         busy: false,
                         ended_round: s.next_round.saturating_sub(1),
-                        issued: None,
+                        issued: Default::default(),
                         package_round: 0,
                         last_cycle: None,
                         stats: s.stats,

@@ -19,6 +19,8 @@ fn config(policy: &str, min_workers: usize) -> MasterConfig {
     cfg.stop.no_progress_secs = 30;
     cfg.stop.max_wall_secs = 3600;
     cfg.stop.target_accuracy = Some(0.9);
+    // One shard at a time unless a test says otherwise (see `prefetch_*`).
+    cfg.prefetch = false;
     cfg
 }
 
@@ -538,4 +540,37 @@ fn the_allocator_learns_a_rounds_cost_from_the_masters_clock() {
     let fixed = c.allocator.fixed_cost("w").unwrap();
     // EMA (0.5) of 0 and 1.5 s.
     assert!((fixed - 0.75).abs() < 1e-9, "{fixed}");
+}
+
+#[test]
+fn prefetch_keeps_the_next_shard_with_the_worker_and_never_more() {
+    let t0 = Instant::now();
+    let mut cfg = config("asp", 1);
+    cfg.prefetch = true;
+    let mut c = Coordinator::new(cfg, vec![0.0; PARAMS], 1000, t0).unwrap();
+    c.handle(reg("w", 1), t0);
+    let start = c.handle(tick(true), t0);
+    assert_eq!(
+        shard_rounds(&start, "w"),
+        vec![1, 2],
+        "the current and the next: {start:?}"
+    );
+    // Round 1 ends (update, then report): one more, round 3; the report adds none.
+    let a = c.handle(update_of_round("w", 1, 1, 0, 1), t0);
+    assert_eq!(shard_rounds(&a, "w"), vec![3], "{a:?}");
+    let a = c.handle(report_of_round("w", 1, 1, 0.1), t0);
+    assert!(shard_rounds(&a, "w").is_empty(), "{a:?}");
+    // Gone with two shards out: both go back to the pool.
+    c.handle(tick(true), t0 + Duration::from_secs(16));
+    assert!(c.workers().active_ids().is_empty());
+    assert!(c.allocator.outstanding("w").is_none(), "all returned");
+    // BSP and SSP keep one shard at a time.
+    for policy in ["bsp", "ssp"] {
+        let mut cfg = config(policy, 1);
+        cfg.prefetch = true;
+        let mut c = Coordinator::new(cfg, vec![0.0; PARAMS], 1000, t0).unwrap();
+        c.handle(reg("w", 1), t0);
+        let start = c.handle(tick(true), t0);
+        assert_eq!(shard_rounds(&start, "w"), vec![1], "{policy}: {start:?}");
+    }
 }

@@ -73,6 +73,10 @@ impl SyncPolicy for Bsp {
         Ok(applied)
     }
 
+    fn allows_prefetch(&self) -> bool {
+        false
+    }
+
     fn may_start_round(&self, _ctx: &PolicyContext<'_>, worker: &str) -> bool {
         !self.arrived.contains(worker)
     }

@@ -143,6 +143,13 @@ pub trait SyncPolicy: Send {
         true
     }
 
+    /// Whether a worker may hold its next shard while it trains (prefetch):
+    /// not under a barrier or a staleness bound, where the next round's
+    /// start is the policy's decision.
+    fn allows_prefetch(&self) -> bool {
+        true
+    }
+
     /// A worker finished a round (major or minor) and reported it.
     fn on_round_end(&mut self, _ctx: &PolicyContext<'_>, _worker: &str) {}
 

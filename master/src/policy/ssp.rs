@@ -68,6 +68,10 @@ impl SyncPolicy for Ssp {
         self.queue.apply_oldest(ctx, global, unweighted)
     }
 
+    fn allows_prefetch(&self) -> bool {
+        false
+    }
+
     fn may_start_round(&self, ctx: &PolicyContext<'_>, worker: &str) -> bool {
         let own = self.clocks.get(worker).copied().unwrap_or(0);
         match self.slowest(ctx, None) {
