@@ -12,6 +12,14 @@ worker. Prints a table, writes data/bench/round_overhead.json.
 
     bash deploy/kafka/start.sh && cargo build --workspace
     python3 examples/bench_round_overhead.py [--versions 60] [--repeats 3]
+        [--baseline OTHER_CHECKOUT:OTHER_TARGET_DIR]
+
+`--baseline` also runs another build (an older commit's checkout, with its
+own conf/, and the target folder its binaries were built in) with targeted
+delivery, alternating with this build's runs, and gives every ratio
+against it: a before/after from one script on one machine. Where a run
+writes phases.csv (the round-phase profile), the medians of its phases are
+printed too.
 """
 
 import argparse
@@ -27,22 +35,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def binary(name):
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+def binary(name, target=None):
+    target = Path(target or os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     path = target / "debug" / name
     if not path.exists():
         sys.exit(f"{path} missing: run `cargo build --workspace`")
     return path
 
 
-def one_run(run_id, delivery, versions):
+def one_run(run_id, delivery, versions, root=ROOT, target=None):
     env = dict(os.environ, HERMES_RUN_ID=run_id, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     workers = []
     for i, slowdown in enumerate([1, 2, 4]):
         workers.append(
             subprocess.Popen(
-                [binary("worker"), "--id", f"ov{i}"],
-                cwd=ROOT,
+                [binary("worker", target), "--id", f"ov{i}"],
+                cwd=root,
                 env=dict(env, HERMES_SLOWDOWN=str(slowdown)),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -58,8 +66,8 @@ def one_run(run_id, delivery, versions):
     )
     try:
         done = subprocess.run(
-            [binary("master"), "--conf", "conf/master.json", "--fresh"],
-            cwd=ROOT,
+            [binary("master", target), "--conf", "conf/master.json", "--fresh"],
+            cwd=root,
             env=master_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -73,7 +81,7 @@ def one_run(run_id, delivery, versions):
                 w.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 w.kill()
-    run_dir = ROOT / "data" / "runs" / run_id
+    run_dir = root / "data" / "runs" / run_id
     times = []
     with open(run_dir / "metrics.csv") as f:
         next(f)
@@ -84,7 +92,16 @@ def one_run(run_id, delivery, versions):
     gaps = [b - a for a, b in zip(times, times[1:])]
     summary = json.loads((run_dir / "summary.json").read_text())
     slowest = max(w["mean_round_secs"] for w in summary["workers"].values())
-    return gaps, slowest
+    phases = {}
+    profile = run_dir / "phases.csv"
+    if profile.exists():
+        with open(profile) as f:
+            header = next(f).strip().split(",")
+            for line in list(f)[1:]:
+                for k, v in zip(header, line.strip().split(",")):
+                    if k.endswith("_ms") and v:
+                        phases.setdefault(k[:-3], []).append(float(v))
+    return gaps, slowest, phases
 
 
 def p95(values):
@@ -96,16 +113,25 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--versions", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline", help="OTHER_CHECKOUT:OTHER_TARGET_DIR, run as `baseline`")
     args = ap.parse_args()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    settings = [("targeted", "targeted", ROOT, None), ("broadcast", "broadcast", ROOT, None)]
+    if args.baseline:
+        root, target = args.baseline.split(":", 1)
+        settings.append(("baseline", "targeted", Path(root).resolve(), target))
     results = {}
     for r in range(args.repeats):
-        for delivery in ["targeted", "broadcast"]:
-            gaps, slowest = one_run(f"overhead-{delivery}-{stamp}-{r}", delivery, args.versions)
-            res = results.setdefault(delivery, {"gaps": [], "slowest": []})
+        for name, delivery, root, target in settings:
+            gaps, slowest, phases = one_run(
+                f"overhead-{name}-{stamp}-{r}", delivery, args.versions, root, target
+            )
+            res = results.setdefault(name, {"gaps": [], "slowest": [], "phases": {}})
             res["gaps"].extend(gaps)
             res["slowest"].append(slowest)
-            print(f"  {delivery} #{r + 1}: median round {statistics.median(gaps) * 1e3:.1f} ms", flush=True)
+            for k, v in phases.items():
+                res["phases"].setdefault(k, []).extend(v)
+            print(f"  {name} #{r + 1}: median round {statistics.median(gaps) * 1e3:.1f} ms", flush=True)
             time.sleep(1)
     rows = {}
     for delivery, res in results.items():
@@ -118,18 +144,26 @@ def main():
             "slowest_worker_round_ms": slowest * 1e3,
             "median_overhead_ms": (med - slowest) * 1e3,
             "p95_overhead_ms": (p95(res["gaps"]) - slowest) * 1e3,
+            "phase_medians_ms": {k: statistics.median(v) for k, v in res["phases"].items()},
         }
-    base = rows["broadcast"]["median_round_ms"]
+    against = "baseline" if "baseline" in rows else "broadcast"
+    base = rows[against]["median_round_ms"]
+    base_overhead = rows[against]["median_overhead_ms"]
     for row in rows.values():
-        row["ratio_vs_broadcast"] = row["median_round_ms"] / base
+        row[f"ratio_vs_{against}"] = row["median_round_ms"] / base
+        row[f"overhead_ratio_vs_{against}"] = row["median_overhead_ms"] / base_overhead
     print(f"BSP, 3 workers (slowdown 1/2/4), MLP on mnist_5k, {args.versions} versions x {args.repeats} runs per setting")
-    print(f"{'delivery':<10} {'rounds':>6} {'median ms':>10} {'p95 ms':>8} {'slowest worker ms':>18} {'overhead ms (med/p95)':>22} {'vs broadcast':>12}")
+    print(f"{'setting':<10} {'rounds':>6} {'median ms':>10} {'p95 ms':>8} {'slowest worker ms':>18} {'overhead ms (med/p95)':>22} {'vs ' + against:>12} {'overhead vs':>12}")
     for name, row in rows.items():
         print(
             f"{name:<10} {row['rounds']:>6} {row['median_round_ms']:>10.1f} {row['p95_round_ms']:>8.1f} "
             f"{row['slowest_worker_round_ms']:>18.1f} {row['median_overhead_ms']:>10.1f} / {row['p95_overhead_ms']:<9.1f} "
-            f"{row['ratio_vs_broadcast']:>12.3f}"
+            f"{row[f'ratio_vs_{against}']:>12.3f} {row[f'overhead_ratio_vs_{against}']:>12.3f}"
         )
+    for name, row in rows.items():
+        if row["phase_medians_ms"]:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(row["phase_medians_ms"].items()))
+            print(f"  {name} phases (median ms): {parts}")
     out = ROOT / "data" / "bench" / "round_overhead.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -140,6 +174,7 @@ def main():
                 "machine": os.uname().nodename + f", {os.cpu_count()} cores",
                 "versions": args.versions,
                 "repeats": args.repeats,
+                "baseline": args.baseline,
                 "results": rows,
             },
             indent=2,

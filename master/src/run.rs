@@ -76,6 +76,43 @@ struct Master {
     resumed_actions: Vec<Action>,
     /// The round-phase profile (`phases.csv`).
     phases: crate::phases::PhaseClock,
+    /// Where the start-up went, until the first shards are out.
+    startup: Option<Startup>,
+}
+
+/// The master's start-up, step by step (logged once the first shards are sent).
+struct Startup {
+    began: Instant,
+    steps: Vec<(&'static str, Instant)>,
+}
+
+impl Startup {
+    fn new() -> Self {
+        Self {
+            began: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        self.steps.push((name, Instant::now()));
+    }
+
+    /// `load 0.12 s, engine 0.05 s, ...` and the total.
+    fn line(&self, end: Instant) -> String {
+        let mut last = self.began;
+        let mut parts = Vec::new();
+        for (name, at) in &self.steps {
+            parts.push(format!("{name} {:.3} s", (*at - last).as_secs_f64()));
+            last = *at;
+        }
+        parts.push(format!("first shards {:.3} s", (end - last).as_secs_f64()));
+        format!(
+            "start-up: {:.3} s from the master's start to the first shards sent ({})",
+            (end - self.began).as_secs_f64(),
+            parts.join(", ")
+        )
+    }
 }
 
 /// What the background probe saw: whether the last probe got an answer,
@@ -93,8 +130,11 @@ impl Master {
         fresh: bool,
         log_rx: mpsc::Receiver<LogRecord>,
     ) -> anyhow::Result<Self> {
+        let mut startup = Startup::new();
         let workload = Workload::load(&cfg)?;
+        startup.step("dataset");
         let mut engine = workload::evaluation_engine(&cfg)?;
+        startup.step("engine");
         let (model_name, files) = workload::artifact_files(&cfg.model.artifacts)?;
         let initial = engine.parameters().to_vec();
         let run_dir = crate::outputs::run_dir(&cfg.data_dir, &cfg.run_id)?;
@@ -152,6 +192,7 @@ impl Master {
             common::runkey::WhenMissing::Create,
         )?;
         common::runkey::log_choice(&keys);
+        startup.step("outputs and key");
         let transport =
             Transport::connect_with_keys(&cfg.kafka, &cfg.run_id, MASTER_ID, keys.clone())
                 .await
@@ -160,6 +201,7 @@ impl Master {
             .create_run_topics()
             .await
             .context("create run topics")?;
+        startup.step("connect and topics");
         let topics = transport.topics().clone();
         // Status and logs from now on (workers register again after a
         // restart); updates from the committed offsets when resuming, so
@@ -197,6 +239,7 @@ impl Master {
         });
         spawn_broker_probe(&transport, broker.clone());
         // Receivers exist: a worker that joins on the offer is heard.
+        startup.step("subscribe");
         let announcer = crate::agents::Announcer::start(&cfg, keys);
         let mut master = Self {
             announcer,
@@ -217,6 +260,7 @@ impl Master {
             deliveries: crate::delivery::Deliveries::new(cfg.model_delivery),
             resumed_actions: Vec::new(),
             phases,
+            startup: Some(startup),
             cfg,
         };
         if resume {
@@ -382,6 +426,9 @@ impl Master {
                         .context("tell a worker to register again")?;
                 }
                 Action::RecordInitialVersion => {
+                    if let Some(s) = self.startup.as_mut() {
+                        s.step("registrations");
+                    }
                     self.phases.training_started(Instant::now());
                     let test = self.evaluate()?;
                     tracing::info!(
@@ -391,6 +438,9 @@ impl Master {
                         test.loss
                     );
                     self.record_version(test, "")?;
+                    if let Some(s) = self.startup.as_mut() {
+                        s.step("version 0 evaluated");
+                    }
                     let _ = self.coord.evaluated(test, Instant::now());
                 }
                 Action::SendPackage { worker } => self.send_package(&worker).await?,
@@ -599,6 +649,9 @@ impl Master {
         let encoded = Instant::now();
         crate::delivery::send_all(&self.transport, MASTER_ID, records).await?;
         let done = Instant::now();
+        if let Some(s) = self.startup.take() {
+            tracing::info!("{}", s.line(done));
+        }
         tracing::debug!(
             encode_ms = (encoded - started).as_secs_f64() * 1e3,
             send_ms = (done - encoded).as_secs_f64() * 1e3,

@@ -172,6 +172,8 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         m["stop"]["target_accuracy"] = serde_json::Value::Null;
         m["stop"]["max_versions"] = 12.into();
         m["aggregation"]["max_staleness"] = 2.into();
+        // The fixed bound is under test (not its scaling with a round's length).
+        m["aggregation"]["staleness_scales_with_cycle"] = false.into();
         // The intruder reads the versions on the shared model topic.
         m["model_delivery"] = "broadcast".into();
     });

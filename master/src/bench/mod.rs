@@ -46,6 +46,30 @@ pub struct BenchArgs {
     /// `phases.csv`: `overhead.json`, `overhead.png`).
     #[arg(long, value_enum, default_value_t = Suite::Policies)]
     pub suite: Suite,
+    /// Master configuration for every run, on top of the profile's
+    /// `bench.overrides`: `KEY=JSON` with a dotted key, e.g.
+    /// `--set allocation.mode='"throughput"' --set prefetch=false`.
+    #[arg(long = "set", value_name = "KEY=JSON")]
+    pub set: Vec<String>,
+}
+
+/// `a.b=JSON` as `{"a": {"b": JSON}}`; the error names the bad argument.
+pub fn parse_set(arg: &str) -> anyhow::Result<serde_json::Value> {
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--set `{arg}`: expected KEY=JSON"))?;
+    let mut v: serde_json::Value = serde_json::from_str(value).map_err(|e| {
+        anyhow::anyhow!("--set `{arg}`: the value is not JSON ({e}); quote strings: '\"text\"'")
+    })?;
+    let parts: Vec<&str> = key.split('.').collect();
+    anyhow::ensure!(
+        parts.iter().all(|p| !p.is_empty()),
+        "--set `{arg}`: empty part in the key `{key}`"
+    );
+    for part in parts.iter().rev() {
+        v = serde_json::json!({ *part: v });
+    }
+    Ok(v)
 }
 
 /// The reports a bench writes.
@@ -70,7 +94,11 @@ fn say(bar: &indicatif::ProgressBar, line: String) {
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     lifecycle::require_root("master bench")?;
-    let profile = Profile::load(&args.profile)?;
+    let mut profile = Profile::load(&args.profile)?;
+    for arg in &args.set {
+        let patch = parse_set(arg)?;
+        common::config::deep_merge(&mut profile.bench.overrides, &patch);
+    }
     let policies = if args.policies.is_empty() {
         profile.bench.policies.clone()
     } else {
@@ -198,4 +226,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_arguments_become_nested_overrides() {
+        assert_eq!(
+            parse_set("allocation.mode=\"throughput\"").unwrap(),
+            serde_json::json!({"allocation": {"mode": "throughput"}})
+        );
+        assert_eq!(
+            parse_set("prefetch=false").unwrap(),
+            serde_json::json!({"prefetch": false})
+        );
+        assert!(parse_set("prefetch")
+            .unwrap_err()
+            .to_string()
+            .contains("KEY=JSON"));
+        assert!(parse_set("a.mode=throughput")
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
+        assert!(parse_set("a..b=1").is_err());
+    }
 }
