@@ -518,7 +518,11 @@ fn a_slow_links_update_is_damped_not_thrown_away() {
 #[test]
 fn the_allocator_learns_a_rounds_cost_from_the_masters_clock() {
     let t0 = Instant::now();
-    let mut c = started("asp", &["w"], t0);
+    let mut cfg = config("asp", 1);
+    cfg.allocation.mode = crate::allocation::AllocationMode::CommAware;
+    let mut c = Coordinator::new(cfg, vec![0.0; PARAMS], 1000, t0).unwrap();
+    c.handle(reg("w", 1), t0);
+    c.handle(tick(true), t0);
     // Round 1 went with the package: not a measure. Round 2: issued at
     // 1 s, ended (update) at 3 s, 0.5 s of it compute.
     c.handle(
