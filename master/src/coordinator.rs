@@ -846,9 +846,10 @@ impl Coordinator {
                 return Some(secs);
             }
         }
-        let at = w.issued_at(round)?;
-        (round != w.package_round && w.ended_round < round)
-            .then(|| now.saturating_duration_since(at).as_secs_f64())
+        if w.ended_round >= round {
+            return None;
+        }
+        w.cycle_until(round, now)
     }
 
     /// The package goes first; the round of the shard that follows it is

@@ -112,11 +112,13 @@ pub async fn send_all(
         // One worker's records are pipelined (queued in order, then awaited
         // together): its shard does not wait a broker round trip for its global.
         let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
-        let what: Vec<&str> = records.iter().map(|r| r.what).collect();
         transport
             .send_payloads(&topic, sender, MessageKind::Shard, &payloads)
             .await
-            .with_context(|| format!("send {} to `{topic}`", what.join(" and ")))?;
+            .with_context(|| {
+                let what: Vec<&str> = records.iter().map(|r| r.what).collect();
+                format!("send {} to `{topic}`", what.join(" and "))
+            })?;
         anyhow::Ok(())
     });
     futures::future::try_join_all(sends).await?;

@@ -59,6 +59,14 @@ impl WorkerState {
             .map(|(_, at)| *at)
     }
 
+    /// Seconds from `round`'s shard issued to `now`, unless that shard went
+    /// with a package (its cycle is then no measure of a round's cost) or
+    /// is no longer among the newest issued.
+    pub fn cycle_until(&self, round: u64, now: Instant) -> Option<f64> {
+        let at = self.issued_at(round)?;
+        (round != self.package_round).then(|| now.saturating_duration_since(at).as_secs_f64())
+    }
+
     /// Rounds issued and not ended yet.
     pub fn in_flight(&self) -> usize {
         (self
@@ -308,11 +316,8 @@ impl WorkerRegistry {
         match self.current(id, incarnation) {
             Some(w) if round > w.ended_round && round < w.next_round => {
                 w.ended_round = round;
-                if let Some(at) = w.issued_at(round) {
-                    if round != w.package_round {
-                        w.last_cycle =
-                            Some((round, now.saturating_duration_since(at).as_secs_f64()));
-                    }
+                if let Some(secs) = w.cycle_until(round, now) {
+                    w.last_cycle = Some((round, secs));
                 }
                 if round + 1 >= w.next_round {
                     w.busy = false;
