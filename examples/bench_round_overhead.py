@@ -4,8 +4,9 @@ the slowest worker's own round (compute + emulated idle, as it reports).
 
 Runs the real master and 3 real workers (slowdown 1, 2, 4; the workload of
 the performance issue: MLP on mnist_5k) for N versions per setting, in the
-same script: `model_delivery` targeted and broadcast, alternating, R
-repeats. From each run's metrics.csv (one row per version, with its time)
+same script, alternating, R repeats: `model_delivery` targeted, the same
+with every shard sent whole (`cache_samples: false`, the baseline of the
+ratios), and broadcast. From each run's metrics.csv (one row per version, with its time)
 and summary.json (each worker's mean round time) it takes the median and
 p95 of the time between versions and the overhead above the slowest
 worker. Prints a table, writes data/bench/round_overhead.json.
@@ -43,7 +44,7 @@ def binary(name, target=None):
     return path
 
 
-def one_run(run_id, delivery, versions, root=ROOT, target=None):
+def one_run(run_id, overrides, versions, root=ROOT, target=None):
     env = dict(os.environ, HERMES_RUN_ID=run_id, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
     workers = []
     for i, slowdown in enumerate([1, 2, 4]):
@@ -60,7 +61,7 @@ def one_run(run_id, delivery, versions, root=ROOT, target=None):
         env,
         HERMES_MIN_WORKERS="3",
         HERMES_POLICY__NAME="bsp",
-        HERMES_MODEL_DELIVERY=delivery,
+        **overrides,
         HERMES_STOP__TARGET_ACCURACY="0.999",
         HERMES_STOP__MAX_VERSIONS=str(versions),
     )
@@ -116,15 +117,21 @@ def main():
     ap.add_argument("--baseline", help="OTHER_CHECKOUT:OTHER_TARGET_DIR, run as `baseline`")
     args = ap.parse_args()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    settings = [("targeted", "targeted", ROOT, None), ("broadcast", "broadcast", ROOT, None)]
+    targeted = {"HERMES_MODEL_DELIVERY": "targeted"}
+    settings = [
+        ("targeted", targeted, ROOT, None),
+        # The same build sending every shard whole (no sample cache).
+        ("whole", dict(targeted, HERMES_CACHE_SAMPLES="false"), ROOT, None),
+        ("broadcast", {"HERMES_MODEL_DELIVERY": "broadcast"}, ROOT, None),
+    ]
     if args.baseline:
         root, target = args.baseline.split(":", 1)
-        settings.append(("baseline", "targeted", Path(root).resolve(), target))
+        settings.append(("baseline", targeted, Path(root).resolve(), target))
     results = {}
     for r in range(args.repeats):
-        for name, delivery, root, target in settings:
+        for name, overrides, root, target in settings:
             gaps, slowest, phases = one_run(
-                f"overhead-{name}-{stamp}-{r}", delivery, args.versions, root, target
+                f"overhead-{name}-{stamp}-{r}", overrides, args.versions, root, target
             )
             res = results.setdefault(name, {"gaps": [], "slowest": [], "phases": {}})
             res["gaps"].extend(gaps)
@@ -146,7 +153,7 @@ def main():
             "p95_overhead_ms": (p95(res["gaps"]) - slowest) * 1e3,
             "phase_medians_ms": {k: statistics.median(v) for k, v in res["phases"].items()},
         }
-    against = "baseline" if "baseline" in rows else "broadcast"
+    against = "baseline" if "baseline" in rows else "whole"
     base = rows[against]["median_round_ms"]
     base_overhead = rows[against]["median_overhead_ms"]
     for row in rows.values():

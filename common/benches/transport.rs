@@ -9,6 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use common::auth::HmacKey;
 use common::config::KafkaConfig;
 use common::envelope::MessageKind;
 use common::transport::{StartAt, Transport};
@@ -19,16 +20,21 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PAYLOAD_MB: usize = 50;
-const REPS: usize = 5;
+const REPS: usize = 9;
 
 fn brokers() -> String {
     std::env::var("HERMES_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 /// One 50 MB transfer through our transport; seconds from first send to full receipt.
-async fn ours(cfg: &KafkaConfig, payload: &[u8]) -> anyhow::Result<f64> {
+/// With `keyed`, every record carries an HMAC-SHA256 tag (the default of a
+/// run); without, a CRC-32 (`kafka.insecure`).
+async fn ours(cfg: &KafkaConfig, payload: &[u8], keyed: bool) -> anyhow::Result<f64> {
     let run = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let tx = Transport::connect_with_key(cfg, &run, "bench", None).await?;
+    let key = keyed
+        .then(|| HmacKey::from_bytes(&[0x42; 32]))
+        .transpose()?;
+    let tx = Transport::connect_with_key(cfg, &run, "bench", key).await?;
     tx.create_run_topics().await?;
     let topic = tx.topics().model();
     let mut rx = tx
@@ -128,41 +134,50 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let mb = payload.len() as f64 / 1e6;
-    let (mut t_ours, mut t_plain) = (Vec::new(), Vec::new());
-    let bar = indicatif::ProgressBar::new((REPS * 2) as u64);
-    // Interleaved so drift (page cache, JIT of the broker) hits both alike.
+    let (mut t_ours, mut t_keyed, mut t_plain) = (Vec::new(), Vec::new(), Vec::new());
+    let bar = indicatif::ProgressBar::new((REPS * 3) as u64);
+    // Interleaved so drift (page cache, JIT of the broker) hits all alike.
     for _ in 0..REPS {
         t_plain.push(plain(&cfg, &payload).await?);
         bar.inc(1);
-        t_ours.push(ours(&cfg, &payload).await?);
+        t_ours.push(ours(&cfg, &payload, false).await?);
+        bar.inc(1);
+        t_keyed.push(ours(&cfg, &payload, true).await?);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let ours_mbs = mb / support::median(&t_ours);
     let plain_mbs = mb / support::median(&t_plain);
+    let ours_mbs = mb / support::median(&t_ours);
+    let keyed_mbs = mb / support::median(&t_keyed);
     let ratio = ours_mbs / plain_mbs;
+    let keyed_ratio = keyed_mbs / plain_mbs;
     println!("transport: {PAYLOAD_MB} MB payload, chunk {} KiB, compression {}, {REPS} runs each (median)", cfg.chunk_bytes / 1024, cfg.compression);
-    println!("{:<28} {:>10} {:>10}", "path", "MB/s", "seconds");
     println!(
-        "{:<28} {:>10.1} {:>10.3}",
-        "plain rdkafka",
-        plain_mbs,
-        support::median(&t_plain)
+        "{:<36} {:>10} {:>10} {:>8}",
+        "path", "MB/s", "seconds", "ratio"
     );
-    println!(
-        "{:<28} {:>10.1} {:>10.3}",
-        "common::transport",
-        ours_mbs,
-        support::median(&t_ours)
-    );
-    println!("ratio ours/plain: {ratio:.3} (target >= 0.8)");
+    for (name, mbs, t) in [
+        ("plain rdkafka", plain_mbs, &t_plain),
+        ("common::transport, CRC (insecure)", ours_mbs, &t_ours),
+        ("common::transport, HMAC-SHA256", keyed_mbs, &t_keyed),
+    ] {
+        println!(
+            "{:<36} {:>10.1} {:>10.3} {:>8.3}",
+            name,
+            mbs,
+            support::median(t),
+            mbs / plain_mbs
+        );
+    }
+    println!("ratio ours/plain: {ratio:.3} insecure, {keyed_ratio:.3} keyed (target >= 0.95)");
     let report = serde_json::json!({
         "bench": "transport",
         "inputs": {"payload_mb": PAYLOAD_MB, "chunk_bytes": cfg.chunk_bytes, "compression": cfg.compression, "reps": REPS, "brokers": cfg.brokers},
         "machine": support::machine(),
-        "seconds": {"plain": t_plain, "ours": t_ours},
-        "mb_per_s": {"plain": plain_mbs, "ours": ours_mbs},
+        "seconds": {"plain": t_plain, "ours": t_ours, "ours_keyed": t_keyed},
+        "mb_per_s": {"plain": plain_mbs, "ours": ours_mbs, "ours_keyed": keyed_mbs},
         "ratio_ours_over_plain": ratio,
+        "ratio_keyed_over_plain": keyed_ratio,
     });
     let path = support::write_report("transport", &report)?;
     println!("wrote {}", path.display());

@@ -508,10 +508,12 @@ pub enum ChunkError {
 impl ChunkError {
     /// Whether the chunk's transfer is no longer pending after this error.
     ///
-    /// Always true for errors from [`Reassembler::push`]: a transfer is either
+    /// True for every error but a digest mismatch: a transfer is either
     /// never started (limits, buffer full) or dropped with its memory (bad
-    /// chunk, inconsistent header, digest mismatch). Callers that track
-    /// per-transfer state of their own can forget it when this returns true.
+    /// chunk, inconsistent header). A chunk whose data does not match its
+    /// digest is refused alone; its transfer waits for a good copy or
+    /// expires. Callers that track per-transfer state of their own can
+    /// forget it when this returns true.
     pub fn ends_transfer(&self) -> bool {
         match self {
             ChunkError::Malformed(_)
@@ -522,8 +524,8 @@ impl ChunkError {
             | ChunkError::ChunkSizeMismatch { .. }
             | ChunkError::ChunkDataTooLarge { .. }
             | ChunkError::BufferFull { .. }
-            | ChunkError::TooManyTransfers { .. }
-            | ChunkError::DigestMismatch { .. } => true,
+            | ChunkError::TooManyTransfers { .. } => true,
+            ChunkError::DigestMismatch { .. } => false,
         }
     }
 
@@ -669,6 +671,12 @@ impl Reassembler {
             self.fail_transfer(key, now);
             return Err(e);
         }
+        // Data that does not match its digest is refused before anything
+        // else: it starts no transfer and costs a pending one nothing. The
+        // envelope's tag covers the header (and so the digest) but not the
+        // data, so bad data under a genuine header is corruption or a
+        // forgery; the transfer completes if a good copy comes, else expires.
+        verify_digest(sender, &key.1, &chunk.digest, chunk.data)?;
         if !self.transfers.contains_key(&key) {
             if let Err(e) = self.start_transfer(&key, &chunk, now) {
                 self.fail_transfer(key, now);
@@ -687,10 +695,6 @@ impl Reassembler {
         if transfer.has(chunk.index) {
             self.duplicates += 1;
             return Ok(None);
-        }
-        if let Err(e) = verify_digest(sender, &key.1, &chunk.digest, chunk.data) {
-            self.fail_transfer(key, now);
-            return Err(e);
         }
         let start = transfer.geometry.offset_of(chunk.index) as usize;
         transfer.buf[start..start + chunk.data.len()].copy_from_slice(chunk.data);
@@ -1130,26 +1134,28 @@ mod tests {
     }
 
     #[test]
-    fn digest_mismatch_is_reported_and_frees_the_transfer() {
+    fn a_chunk_with_bad_data_is_refused_and_its_transfer_waits_for_a_good_copy() {
         let p = payload(1000, 13);
-        let mut chunks = split(&p, 250, MessageKind::Model);
-        chunks[2].data[7] ^= 1;
+        let chunks = split(&p, 250, MessageKind::Model);
+        let mut bad = chunks[2].clone();
+        bad.data[7] ^= 1;
         let mut r = Reassembler::new(limits());
         let now = Instant::now();
         for c in &chunks[..2] {
             assert!(r.push("w1", c.clone(), now).expect("partial").is_none());
         }
         // Detected on arrival of the corrupt chunk, not at the end.
-        let err = r.push("w1", chunks[2].clone(), now).expect_err("digest");
+        let err = r.push("w1", bad, now).expect_err("digest");
         assert!(matches!(err, ChunkError::DigestMismatch { .. }));
         assert_eq!(err.reason(), "chunk_digest_mismatch");
-        assert_eq!(r.buffered_bytes(), 0);
-        assert_eq!(r.pending_transfers(), 0);
-        // The failed transfer's remaining chunk is ignored, not a new transfer.
-        assert!(r
-            .push("w1", chunks[3].clone(), now)
-            .expect("ignored")
-            .is_none());
+        assert!(!err.ends_transfer());
+        assert_eq!(r.pending_transfers(), 1, "the good chunks are kept");
+        assert!(r.push("w1", chunks[3].clone(), now).expect("3").is_none());
+        let (_, whole) = r
+            .push("w1", chunks[2].clone(), now)
+            .expect("good copy")
+            .expect("complete");
+        assert_eq!(whole, p);
         assert_eq!(r.pending_transfers(), 0);
 
         // Single-chunk transfers are verified too.
@@ -1187,6 +1193,8 @@ mod tests {
             r.push("w1", chunks[0].clone(), now).expect("first");
             let mut bad = chunks[1].clone();
             mutate(&mut bad);
+            // A sender's own inconsistency: its digest matches its data.
+            bad.digest = *blake3::hash(&bad.data).as_bytes();
             let err = r.push("w1", bad, now).expect_err(field);
             assert!(
                 matches!(err, ChunkError::InconsistentHeader { field: f } if f == field),

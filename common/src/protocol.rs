@@ -114,6 +114,9 @@ pub struct Registration {
     /// How the device is emulated (testbed namespace, links, caps); empty =
     /// a real device. Stated in the run summary.
     pub emulation: String,
+    /// Bytes of decoded samples the worker keeps between shards (0: no
+    /// cache; every shard comes whole). The master never asks it to hold more.
+    pub sample_cache_bytes: u64,
 }
 
 /// Worker → master messages on the status stream.
@@ -136,6 +139,19 @@ pub enum StatusMessage {
     },
     /// What a finished round did.
     RoundReport(RoundReport),
+    /// A by-reference shard named samples the worker does not hold (it
+    /// lost a shard, or restarted its cache): the master forgets what it
+    /// believed the worker holds and sends the shard whole.
+    CacheMiss {
+        /// The worker's id.
+        worker_id: String,
+        /// The worker process's incarnation.
+        incarnation: u64,
+        /// The shard it could not assemble.
+        shard_id: u64,
+        /// How many of its samples were missing.
+        missing: u64,
+    },
     /// A worker leaves on purpose.
     Goodbye {
         /// The worker's id.
@@ -280,15 +296,51 @@ pub struct ModelPackage {
 }
 
 /// A shard of training data for one round.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Either *whole* (`samples` empty: `data` is the shard, in training order)
+/// or *by reference* to the worker's sample cache: `samples` lists the
+/// shard's samples (positions in the master's training set) in training
+/// order, `data` carries only those the worker does not hold (`fresh`, in
+/// `data`'s order), and `keep` tells it to cache them. A worker that misses
+/// a referenced sample answers [`StatusMessage::CacheMiss`] and the master
+/// sends the shard whole again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardAssignment {
     /// The master's shard id (reported back in the round report).
     pub shard_id: u64,
     /// The worker round this shard is for.
     pub round: u64,
-    /// Samples and labels (`common::data::wire` bytes).
+    /// Samples and labels (`common::data::wire` bytes): the whole shard, or
+    /// the `fresh` samples.
     #[serde(with = "byte_buf")]
     pub data: Vec<u8>,
+    /// The shard's samples in training order (empty: `data` is the shard).
+    pub samples: Vec<u32>,
+    /// The samples in `data`, in its order (by-reference shards only).
+    pub fresh: Vec<u32>,
+    /// Whether the worker caches the `fresh` samples for later shards.
+    pub keep: bool,
+    /// The global version to train from, at least: a worker that has an
+    /// older one waits for it (with `model_delivery: broadcast` the shard
+    /// can arrive before the version it belongs to). 0: any.
+    pub min_version: u64,
+}
+
+impl ShardAssignment {
+    /// A whole shard: `data` holds every sample, in training order.
+    pub fn whole(shard_id: u64, round: u64, data: Vec<u8>) -> Self {
+        Self {
+            shard_id,
+            round,
+            data,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the shard refers to the worker's sample cache.
+    pub fn by_reference(&self) -> bool {
+        !self.samples.is_empty()
+    }
 }
 
 /// Master → one worker, on that worker's `shard.<worker>` stream.
@@ -345,18 +397,30 @@ mod tests {
             shard_id: u64,
             round: u64,
             data: Vec<u8>,
+            samples: Vec<u32>,
+            fresh: Vec<u32>,
+            keep: bool,
+            min_version: u64,
         }
         let data: Vec<u8> = (0..=255).cycle().take(5000).collect();
         let fast = encode(&ShardAssignment {
             shard_id: 3,
             round: 4,
             data: data.clone(),
+            samples: vec![7, 9],
+            fresh: vec![9],
+            keep: true,
+            min_version: 12,
         })
         .unwrap();
         let plain = encode(&Plain {
             shard_id: 3,
             round: 4,
             data,
+            samples: vec![7, 9],
+            fresh: vec![9],
+            keep: true,
+            min_version: 12,
         })
         .unwrap();
         assert_eq!(fast, plain, "the wire format did not change");
@@ -382,6 +446,7 @@ mod tests {
             cores: 4,
             slowdown: 2.5,
             emulation: "testbed t: netns".into(),
+            sample_cache_bytes: 1 << 20,
         });
         let bytes = encode(&msg).expect("encodes");
         let back: StatusMessage = decode(&bytes, 1024).expect("decodes");

@@ -69,6 +69,11 @@ pub struct MasterConfig {
     /// a transfer that could have started earlier. BSP and SSP keep one
     /// shard at a time (their next round waits for the others anyway).
     pub prefetch: bool,
+    /// Send each training sample to a worker once and refer to it in later
+    /// shards (the worker caches it, within the `sample_cache_mb` it
+    /// states): after the first pass a shard is a list of positions, not
+    /// the samples again. `false`: every shard goes whole.
+    pub cache_samples: bool,
 }
 
 /// See [`MasterConfig::model_delivery`].
@@ -132,6 +137,7 @@ impl Default for MasterConfig {
             agents: AgentsConfig::default(),
             model_delivery: ModelDelivery::default(),
             prefetch: true,
+            cache_samples: true,
         }
     }
 }

@@ -158,6 +158,14 @@ pub enum Action {
         /// The round it is for.
         round: u64,
     },
+    /// `worker` could not assemble `shard_id` from its sample cache: send
+    /// that shard again, whole (see [`crate::samples`]).
+    ResendWhole {
+        /// The worker.
+        worker: String,
+        /// The shard.
+        shard_id: u64,
+    },
     /// Append allocation decisions to allocation.csv.
     RecordAllocations(Vec<AllocationRecord>),
     /// A new global version exists: evaluate it, broadcast it, checkpoint
@@ -498,6 +506,24 @@ impl Coordinator {
                     self.reject("sender_mismatch", sender, "round report for another worker");
                 } else {
                     self.on_round_report(report, out);
+                }
+            }
+            StatusMessage::CacheMiss {
+                worker_id,
+                incarnation,
+                shard_id,
+                missing,
+            } => {
+                if worker_id != sender {
+                    self.reject("sender_mismatch", sender, "cache miss for another worker");
+                } else if self.workers.current(&worker_id, incarnation).is_some() {
+                    tracing::info!(worker = %worker_id, shard = shard_id, missing, "worker missed cached samples: resending the shard whole");
+                    out.push(Action::ResendWhole {
+                        worker: worker_id,
+                        shard_id,
+                    });
+                } else {
+                    out.push(Action::Unknown { worker_id });
                 }
             }
             StatusMessage::Goodbye { worker_id, reason } => {

@@ -130,11 +130,7 @@ mod tests {
     use super::*;
 
     fn shard(id: u64) -> ShardAssignment {
-        ShardAssignment {
-            shard_id: id,
-            round: id,
-            data: vec![],
-        }
+        ShardAssignment::whole(id, id, vec![])
     }
 
     fn decode(o: &Outgoing) -> Assignment {

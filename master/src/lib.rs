@@ -36,5 +36,6 @@ pub mod policy;
 pub mod registry;
 pub mod run;
 pub mod run_outputs;
+pub mod samples;
 pub mod testbed;
 pub mod workload;

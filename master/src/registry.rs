@@ -422,6 +422,7 @@ mod tests {
             cores: 2,
             slowdown: 1.0,
             emulation: String::new(),
+            sample_cache_bytes: 0,
         }
     }
 

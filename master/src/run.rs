@@ -17,7 +17,7 @@ use anyhow::Context;
 use common::envelope::MessageKind;
 use common::protocol::{
     self, Assignment, ControlMessage, GlobalModel, LogBatch, LogRecord, ModelPackage,
-    ShardAssignment, StatusMessage, TrainingPlan, UpdateDelta,
+    StatusMessage, TrainingPlan, UpdateDelta,
 };
 use common::transport::{Delivery, Receiver, StartAt, Transport};
 use tokio::sync::mpsc;
@@ -71,6 +71,8 @@ struct Master {
     last_alive: Option<Instant>,
     /// Which version each worker was sent (`model_delivery`).
     deliveries: crate::delivery::Deliveries,
+    /// What each worker's sample cache holds.
+    samples: crate::samples::SampleMirrors,
     /// What judging the checkpointed version on resume asked for (a stop,
     /// when the dead master had reached its goal), done first.
     resumed_actions: Vec<Action>,
@@ -241,6 +243,7 @@ impl Master {
         // Receivers exist: a worker that joins on the offer is heard.
         startup.step("subscribe");
         let announcer = crate::agents::Announcer::start(&cfg, keys);
+        let sample_len = workload.sample_len();
         let mut master = Self {
             announcer,
             transport,
@@ -258,6 +261,7 @@ impl Master {
             last_status_write: Instant::now(),
             last_alive: None,
             deliveries: crate::delivery::Deliveries::new(cfg.model_delivery),
+            samples: crate::samples::SampleMirrors::new(cfg.cache_samples, sample_len),
             resumed_actions: Vec::new(),
             phases,
             startup: Some(startup),
@@ -472,6 +476,22 @@ impl Master {
                     self.send_shards(batch).await?;
                 }
                 Action::RecordAllocations(records) => self.record_allocations(records)?,
+                Action::ResendWhole { worker, shard_id } => {
+                    match self.samples.missed(&worker, shard_id) {
+                        Some(s) => {
+                            let shard = crate::allocation::Shard {
+                                id: s.shard_id,
+                                worker: worker.clone(),
+                                pass: 0,
+                                indices: s.indices,
+                            };
+                            self.send_shards(vec![(worker, shard, s.round)]).await?;
+                        }
+                        None => {
+                            tracing::warn!(worker = %worker, shard = shard_id, "cannot resend shard: it is not one of the worker's recent shards")
+                        }
+                    }
+                }
                 Action::NewVersion {
                     version,
                     by,
@@ -621,6 +641,12 @@ impl Master {
             .context("send model package")?;
         tracing::info!(worker = %id, bytes = report.bytes, records = report.records, version = self.coord.version(), "model package sent");
         self.deliveries.package_sent(id, self.coord.version());
+        let cache = self
+            .coord
+            .workers()
+            .get(id)
+            .map_or(0, |w| w.registration.sample_cache_bytes);
+        self.samples.package_sent(id, cache);
         Ok(())
     }
 
@@ -633,14 +659,24 @@ impl Master {
         let topics = self.transport.topics().clone();
         let version = self.coord.version();
         let started = Instant::now();
+        // The worker with the longest rounds first: its records lead the
+        // producer's queue, and the round waits for it.
+        let mut batch = batch;
+        let cycle = |id: &str| {
+            self.coord
+                .workers()
+                .get(id)
+                .and_then(|w| w.last_cycle)
+                .map_or(f64::INFINITY, |(_, secs)| secs)
+        };
+        batch.sort_by(|a, b| cycle(&b.0).total_cmp(&cycle(&a.0)));
         let workers: Vec<String> = batch.iter().map(|(id, _, _)| id.clone()).collect();
         let mut records = Vec::with_capacity(batch.len());
         for (id, shard, round) in batch {
-            let assignment = ShardAssignment {
-                shard_id: shard.id,
-                round,
-                data: self.workload.shard_bytes(&shard.indices)?,
-            };
+            let mut assignment =
+                self.samples
+                    .assignment(&self.workload, &id, shard.id, round, &shard.indices)?;
+            assignment.min_version = version;
             let recs = self
                 .deliveries
                 .for_shard(&id, version, self.coord.global(), assignment)?;

@@ -75,6 +75,11 @@ impl Workload {
         self.split.train.len()
     }
 
+    /// Values per sample.
+    pub fn sample_len(&self) -> usize {
+        self.dataset.sample_len()
+    }
+
     /// Samples in the test set.
     pub fn test_len(&self) -> usize {
         self.split.test.len()

@@ -210,6 +210,7 @@ async fn malformed_and_foreign_updates_are_rejected_never_applied() {
         cores: 1,
         slowdown: 1.0,
         emulation: String::new(),
+        sample_cache_bytes: 0,
     });
     let heartbeat = StatusMessage::Heartbeat {
         worker_id: "intruder".into(),

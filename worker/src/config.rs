@@ -48,6 +48,11 @@ pub struct WorkerConfig {
     /// Forward this worker's log events (info and above) to the master's
     /// centralized log over the logs topic.
     pub log_forwarding: bool,
+    /// MiB of decoded training samples the worker keeps between shards, so
+    /// that the master sends each sample once rather than every round
+    /// (stated in the registration; the master never asks for more). 0
+    /// turns the cache off: every shard then comes whole.
+    pub sample_cache_mb: u64,
 }
 
 /// The worker's share of the engine settings: where ONNX Runtime lives and
@@ -88,6 +93,7 @@ impl Default for WorkerConfig {
             work_dir: None,
             engine: WorkerEngineConfig::default(),
             log_forwarding: true,
+            sample_cache_mb: 256,
         }
     }
 }

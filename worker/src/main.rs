@@ -7,6 +7,7 @@ mod artifacts;
 mod config;
 mod logs;
 mod rounds;
+mod sample_cache;
 mod session;
 mod trainer;
 

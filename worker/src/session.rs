@@ -33,6 +33,9 @@ use crate::trainer::{Identity, RoundError, RoundOutcome, Trainer};
 const CONTROL_LIMIT: u64 = 1024 * 1024;
 /// Shards queued while a round runs; more are refused.
 const MAX_QUEUED_SHARDS: usize = 16;
+/// How long a shard waits for the global version it is for (broadcast
+/// delivery) before the worker trains it from the version it has.
+const GLOBAL_WAIT: Duration = Duration::from_secs(10);
 
 /// How a session ended without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +233,7 @@ impl Worker {
                 .unwrap_or(1),
             slowdown: cfg.slowdown,
             emulation: cfg.emulation.clone().unwrap_or_default(),
+            sample_cache_bytes: cfg.sample_cache_mb.saturating_mul(1 << 20),
         };
         let who = Identity {
             worker_id: cfg.worker_id.clone(),
@@ -613,9 +617,14 @@ impl Worker {
             let root = self.cfg.work_dir().join("artifacts");
             let engine = self.cfg.engine.clone();
             let id = self.cfg.worker_id.clone();
+            let cache_bytes = self.registration.sample_cache_bytes;
             let handle = tokio::task::spawn_blocking(move || {
                 JobResult::Loaded(Box::new(Trainer::from_package(
-                    package, &root, &engine, &id,
+                    package,
+                    &root,
+                    &engine,
+                    &id,
+                    cache_bytes,
                 )))
             });
             self.job = Some(Job {
@@ -625,8 +634,28 @@ impl Worker {
             });
             return;
         }
-        if self.trainer.is_none() {
+        let Some(base) = self.trainer.as_ref().map(Trainer::base_version) else {
             return;
+        };
+        let Some((next, arrived)) = self.shards.front() else {
+            return;
+        };
+        // A shard is for the version the master had when it sent it; with
+        // broadcast delivery that version may still be on its way.
+        let have = self
+            .latest_global
+            .as_ref()
+            .map_or(base, |g| g.version.max(base));
+        if next.min_version > have {
+            if arrived.elapsed() < GLOBAL_WAIT {
+                return;
+            }
+            tracing::warn!(
+                shard = next.shard_id,
+                "global version {} has not arrived in {} s: training from version {have}",
+                next.min_version,
+                GLOBAL_WAIT.as_secs()
+            );
         }
         let Some((shard, arrived)) = self.shards.pop_front() else {
             return;
@@ -697,6 +726,18 @@ impl Worker {
                     Err(RoundError::BadShard { shard_id, reason }) => {
                         self.transport.metrics().reject("bad_shard");
                         tracing::warn!("rejected shard {shard_id}: {reason}");
+                    }
+                    Err(RoundError::CacheMiss { shard_id, missing }) => {
+                        tracing::info!(
+                            "shard {shard_id}: {missing} samples not in the cache; asking for it whole"
+                        );
+                        let msg = StatusMessage::CacheMiss {
+                            worker_id: self.who.worker_id.clone(),
+                            incarnation: self.who.incarnation,
+                            shard_id,
+                            missing: missing as u64,
+                        };
+                        self.send_status(&msg, "cache miss").await;
                     }
                     Err(RoundError::Cancelled) => tracing::info!("round aborted"),
                     Err(e) => tracing::warn!("{e}"),

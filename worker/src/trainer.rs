@@ -17,6 +17,7 @@ use common::stats::gate::{GateDecision, LossGate};
 use crate::artifacts;
 use crate::config::WorkerEngineConfig;
 use crate::rounds::{self, Base};
+use crate::sample_cache::{ResolveError, SampleCache};
 
 /// Samples per evaluation batch on the validation split.
 const EVAL_BATCH: usize = 1000;
@@ -44,6 +45,7 @@ pub struct Trainer {
     base: Base,
     shuffle_seed: u64,
     rounds_done: u64,
+    cache: SampleCache,
 }
 
 /// What one finished round produced, for the session to send.
@@ -70,6 +72,15 @@ pub enum RoundError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A by-reference shard named samples the cache does not hold (the
+    /// master is told, and sends the shard whole).
+    #[error("shard {shard_id}: {missing} of its samples are not in the sample cache")]
+    CacheMiss {
+        /// The shard.
+        shard_id: u64,
+        /// How many samples were missing.
+        missing: usize,
+    },
     /// The round was aborted (stop, or a new package).
     #[error("round aborted")]
     Cancelled,
@@ -87,6 +98,7 @@ impl Trainer {
         artifacts_root: &Path,
         engine_cfg: &WorkerEngineConfig,
         worker_id: &str,
+        sample_cache_bytes: u64,
     ) -> anyhow::Result<Trainer> {
         let ModelPackage {
             model,
@@ -144,6 +156,7 @@ impl Trainer {
             plan,
             shuffle_seed,
             rounds_done: 0,
+            cache: SampleCache::new(sample_cache_bytes),
         })
     }
 
@@ -186,14 +199,33 @@ impl Trainer {
         let started = Instant::now();
         let queued = started.saturating_duration_since(arrived);
         let shard_id = shard.shard_id;
+        let origin = format!("shard {shard_id}");
         let data = decode_data(
-            &format!("shard {shard_id}"),
+            &origin,
             &shard.data,
             self.engine.manifest(),
             &self.sample_shape,
         )
         .map_err(|reason| RoundError::BadShard { shard_id, reason })?;
         drop(shard.data);
+        let data = if !shard.samples.is_empty() {
+            self.cache
+                .resolve(&origin, &shard.samples, &shard.fresh, data, shard.keep)
+                .map_err(|e| match e {
+                    ResolveError::Missing { missing, .. } => {
+                        RoundError::CacheMiss { shard_id, missing }
+                    }
+                    ResolveError::Malformed(reason) => RoundError::BadShard { shard_id, reason },
+                })?
+        } else {
+            data
+        };
+        tracing::debug!(
+            shard = shard_id,
+            samples = data.len(),
+            cached = self.cache.len(),
+            "shard ready"
+        );
         if data.is_empty() {
             return Err(RoundError::BadShard {
                 shard_id,

@@ -117,6 +117,7 @@ struct Seen {
     updates: Vec<UpdateDelta>,
     log_lines: Vec<String>,
     goodbyes: Vec<String>,
+    cache_misses: Vec<u64>,
 }
 
 impl Seen {
@@ -153,6 +154,7 @@ async fn pump(
                 StatusMessage::Heartbeat { .. } => seen.heartbeats += 1,
                 StatusMessage::RoundReport(r) => seen.reports.push(r),
                 StatusMessage::Goodbye { reason, .. } => seen.goodbyes.push(reason),
+                StatusMessage::CacheMiss { shard_id, .. } => seen.cache_misses.push(shard_id),
             },
             MessageKind::Update => seen
                 .updates
@@ -401,6 +403,7 @@ async fn worker_trains_rounds_for_a_hand_played_master() {
         shard_id: 11,
         round: 1,
         data: parts.train(0..1000),
+        ..Default::default()
     }))
     .await;
     m.wait_for("round 1", |s| {
@@ -451,6 +454,7 @@ async fn worker_trains_rounds_for_a_hand_played_master() {
         shard_id: 12,
         round: 2,
         data: b"not a dataset".to_vec(),
+        ..Default::default()
     }))
     .await;
     m.wait_for("the refusals", |s| {
@@ -471,6 +475,7 @@ async fn worker_trains_rounds_for_a_hand_played_master() {
         shard_id: 13,
         round: 2,
         data: parts.train(1000..2000),
+        ..Default::default()
     }))
     .await;
     m.wait_for("round 2", |s| s.reports.len() >= 2).await;
@@ -486,6 +491,94 @@ async fn worker_trains_rounds_for_a_hand_played_master() {
     assert_eq!(r2.update_bytes, 0);
     assert_eq!(m.seen.updates.len(), 1, "no update on a minor round");
     assert!(m.seen.heartbeats > 0);
+
+    // By reference: shard 14 sends 300 samples for the cache, shard 15
+    // names 100 of them and carries none, shard 16 names samples never sent.
+    let reg = m.seen.registration.clone().expect("registered");
+    assert_eq!(
+        reg.sample_cache_bytes,
+        256 << 20,
+        "the default cache is stated"
+    );
+    let ids = |r: std::ops::Range<u32>| r.collect::<Vec<u32>>();
+    m.assign(Assignment::Shard(ShardAssignment {
+        shard_id: 14,
+        round: 3,
+        data: parts.train(0..300),
+        samples: ids(5000..5300),
+        fresh: ids(5000..5300),
+        keep: true,
+        min_version: 1,
+    }))
+    .await;
+    m.assign(Assignment::Shard(ShardAssignment {
+        shard_id: 15,
+        round: 4,
+        data: parts.train(0..0),
+        samples: ids(5100..5200),
+        fresh: vec![],
+        keep: true,
+        min_version: 1,
+    }))
+    .await;
+    m.assign(Assignment::Shard(ShardAssignment {
+        shard_id: 16,
+        round: 5,
+        data: parts.train(0..0),
+        samples: ids(5250..5350),
+        fresh: vec![],
+        keep: true,
+        min_version: 1,
+    }))
+    .await;
+    m.wait_for("the cached rounds and the miss", |s| {
+        s.reports.len() >= 4 && !s.cache_misses.is_empty()
+    })
+    .await;
+    let (r3, r4) = (&m.seen.reports[2], &m.seen.reports[3]);
+    assert_eq!((r3.shard_id, r3.samples), (14, 300));
+    assert_eq!(
+        (r4.shard_id, r4.samples),
+        (15, 100),
+        "trained from the cache"
+    );
+    assert_eq!(
+        m.seen.cache_misses,
+        vec![16],
+        "50 of its samples were never sent"
+    );
+    assert_eq!(
+        m.seen.reports.len(),
+        4,
+        "no round on a shard it cannot assemble"
+    );
+
+    // A shard for a version the worker does not have yet waits for it.
+    m.assign(Assignment::Shard(ShardAssignment {
+        shard_id: 17,
+        round: 6,
+        data: parts.train(300..400),
+        min_version: 2,
+        ..Default::default()
+    }))
+    .await;
+    // Had it not waited, its round would report base version 1.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let v2 = m.seen.updates.iter().fold(initial.clone(), |p, u| {
+        p.iter().zip(&u.delta).map(|(a, d)| a + d).collect()
+    });
+    m.global(GlobalModel {
+        version: 2,
+        parameters: v2,
+    })
+    .await;
+    m.wait_for("round 6", |s| s.reports.len() >= 5).await;
+    let r6 = &m.seen.reports[4];
+    assert_eq!(
+        (r6.shard_id, r6.base_version),
+        (17, 2),
+        "trained from version 2"
+    );
 
     m.wait_for("the round log lines", |s| {
         s.logs_contain("round 1 major") && s.logs_contain("round 2 minor")
@@ -539,6 +632,7 @@ async fn busy_worker_heartbeats_and_leaves_on_sigterm() {
         shard_id: 1,
         round: 1,
         data: parts.train(0..2000),
+        ..Default::default()
     }))
     .await;
     m.wait_for("the round to start idling", |s| {

@@ -35,6 +35,7 @@ fn reg(id: &str, incarnation: u64) -> Event {
             cores: 1,
             slowdown: 1.0,
             emulation: String::new(),
+            sample_cache_bytes: 0,
         }),
     }
 }
@@ -577,4 +578,39 @@ fn prefetch_keeps_the_next_shard_with_the_worker_and_never_more() {
         let start = c.handle(tick(true), t0);
         assert_eq!(shard_rounds(&start, "w"), vec![1], "{policy}: {start:?}");
     }
+}
+
+fn cache_miss(sender: &str, id: &str, incarnation: u64, shard_id: u64) -> Event {
+    Event::Status {
+        sender: sender.into(),
+        msg: StatusMessage::CacheMiss {
+            worker_id: id.into(),
+            incarnation,
+            shard_id,
+            missing: 10,
+        },
+    }
+}
+
+#[test]
+fn a_cache_miss_resends_the_shard_whole_for_the_current_incarnation_only() {
+    let t0 = Instant::now();
+    let mut c = started("bsp", &["a", "b"], t0);
+    let out = c.handle(cache_miss("a", "a", 1, 7), t0);
+    assert_eq!(
+        out,
+        vec![Action::ResendWhole {
+            worker: "a".into(),
+            shard_id: 7
+        }]
+    );
+    // Another worker's name, or an old incarnation: no resend.
+    assert!(c.handle(cache_miss("b", "a", 1, 7), t0).is_empty());
+    assert_eq!(c.rejected().get("sender_mismatch"), Some(&1));
+    assert_eq!(
+        c.handle(cache_miss("a", "a", 99, 7), t0),
+        vec![Action::Unknown {
+            worker_id: "a".into()
+        }]
+    );
 }
