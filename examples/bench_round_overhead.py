@@ -61,6 +61,10 @@ def one_run(run_id, overrides, versions, root=ROOT, target=None):
         env,
         HERMES_MIN_WORKERS="3",
         HERMES_POLICY__NAME="bsp",
+        # The workload: shards sized by throughput (comm_aware, the
+        # default, gives a worker whose compute is short next to its
+        # transfers larger shards, which changes the workload).
+        HERMES_ALLOCATION__MODE="throughput",
         **overrides,
         HERMES_STOP__TARGET_ACCURACY="0.999",
         HERMES_STOP__MAX_VERSIONS=str(versions),

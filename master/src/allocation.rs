@@ -18,24 +18,25 @@
 //!
 //! Every decision is recorded as an [`AllocationRecord`] for `allocation.csv`.
 //!
-//! **Communication-aware sizing** (`mode: comm_aware`, opt-in): a round
+//! **Communication-aware sizing** (`mode: comm_aware`, the default): a round
 //! is a fixed cost c (the shard's and global's way down, the update's way
 //! up, waits: the round's cycle as the master measures it, less the
 //! worker's compute) plus n / r (r: samples per second of *compute*). The
-//! throughput rule above (`mode: throughput`) folds c into the rate, so a
-//! worker behind a slow link looks slow and gets the smallest shard, which
-//! makes its rounds all communication. Here the next shard is
-//! `r × max(T − c, min_compute_share × c)`: the same round time T for every
-//! worker whose link allows it, and for one whose link does not, at least
-//! `min_compute_share` seconds of compute per second of transfer (more local
-//! work per transfer, never less). T is then the median of the cycles.
+//! throughput rule above folds c into the rate, so a worker behind a slow
+//! link looks slow and gets the smallest shard, which makes its rounds all
+//! communication. Here the next shard is the larger of the throughput
+//! rule's and `r × min_compute_share × c`: never less than the throughput
+//! rule gives (a compute-bound straggler still gets less data, and the
+//! others' rounds stay equal), and for a worker whose transfers dominate at
+//! least `min_compute_share` seconds of compute per second of transfer —
+//! more local work per transfer.
 //!
-//! Known flaw, measured (README, "Communication-aware allocation"): the
-//! shard's own download grows with the shard, so it lands in the "fixed"
-//! cost, which then grows the next shard — on `hetero4` the shards ran to
-//! `max_shard`, the links carried 2.8x the bytes and Hermes took 2x longer
-//! to 95%. Telling the two apart needs the link's rate (bytes per second)
-//! or a fit over varied shard sizes; until then `throughput` is the default.
+//! An earlier form, `r × max(T − c, share × c)`, measured badly: with a
+//! model whose compute is tiny next to the coordination (the MLP) every
+//! shard ran to the dataset's size on `hetero4`, losing the straggler
+//! adaptation; before the sample cache the shard's own download also
+//! counted as c and grew the next shard (README, "Communication-aware
+//! allocation").
 //!
 //! Fixes over the original: the target time is not frozen after the first
 //! round, sizes are bounded, and sampling is without replacement so no sample
@@ -55,7 +56,7 @@ use serde::{Deserialize, Serialize};
 pub enum AllocationMode {
     /// Shard = (samples / round time) × T: transfer time counts as slowness.
     Throughput,
-    /// Shard = compute rate × max(T − fixed cost, share × fixed cost).
+    /// Shard = max(the throughput rule's, compute rate × share × fixed cost).
     CommAware,
 }
 
@@ -89,7 +90,7 @@ pub struct AllocationConfig {
     pub round_time_window: usize,
     /// Seed of the sampling permutations (default 42).
     pub seed: u64,
-    /// `throughput` (default) or `comm_aware` (opt-in; see the module docs).
+    /// `comm_aware` (default) or `throughput` (the paper's rule; see the module docs).
     pub mode: AllocationMode,
     /// Under `comm_aware`: seconds of compute a round gets at least per
     /// second of its fixed (transfer) cost (default 1.0).
@@ -106,7 +107,7 @@ impl Default for AllocationConfig {
             target_round_secs: None,
             round_time_window: 20,
             seed: 42,
-            mode: AllocationMode::Throughput,
+            mode: AllocationMode::CommAware,
             min_compute_share: 1.0,
         }
     }
@@ -413,21 +414,23 @@ impl ShardAllocator {
 
     /// The size the worker's next shard would get now.
     pub fn planned_size(&self, worker: &str) -> usize {
-        let rate_and_budget = match self.config.mode {
-            AllocationMode::Throughput => self.throughput(worker).map(|r| (r, 0.0)),
-            AllocationMode::CommAware => self
-                .compute_rate
-                .get(worker)
-                .map(|&r| (r, self.fixed_cost(worker).unwrap_or(0.0))),
+        let Some(t) = self.target_round_secs() else {
+            return self.config.initial_shard.min(self.dataset_len);
         };
-        let size = match (rate_and_budget, self.target_round_secs()) {
-            (Some((rate, fixed)), Some(t)) => {
-                let budget = (t - fixed).max(self.config.min_compute_share * fixed);
-                let raw = (rate * budget).round();
+        let by_throughput = self.throughput(worker).map(|r| r * t);
+        let by_link = match self.config.mode {
+            AllocationMode::Throughput => None,
+            AllocationMode::CommAware => self.compute_rate.get(worker).map(|&r| {
+                r * self.config.min_compute_share * self.fixed_cost(worker).unwrap_or(0.0)
+            }),
+        };
+        let size = match (by_throughput, by_link) {
+            (None, _) => self.config.initial_shard,
+            (Some(n), link) => {
+                let raw = n.max(link.unwrap_or(0.0)).round();
                 // `as` saturates for huge floats; clamping follows anyway.
                 (raw as usize).clamp(self.config.min_shard, self.config.max_shard)
             }
-            _ => self.config.initial_shard,
         };
         size.min(self.dataset_len)
     }
@@ -786,6 +789,23 @@ mod tests {
         // The throughput rule sees 500 samples per 4.5 s and shrinks it.
         assert_eq!(old.planned_size("link"), 64, "min_shard");
         assert_eq!(old.planned_size("fast"), 500);
+        // A compute-bound straggler (4x slower compute, no link cost) still
+        // gets the throughput rule's smaller shard, under both rules.
+        for a in [&mut comm, &mut old] {
+            for _ in 0..3 {
+                a.record_round_cost(
+                    "slow",
+                    500,
+                    RoundCost {
+                        compute_secs: 2.0,
+                        cycle_secs: 2.0,
+                    },
+                )
+                .unwrap();
+            }
+        }
+        assert_eq!(comm.planned_size("slow"), old.planned_size("slow"));
+        assert!(comm.planned_size("slow") < comm.planned_size("fast"));
         // With no fixed cost both rules agree.
         let mut a = ShardAllocator::new(config(), 10_000).unwrap();
         a.record_round("w", 100, 1.0).unwrap();

@@ -33,6 +33,9 @@ pub struct Deliveries {
     sent: HashMap<String, u64>,
     /// The newest version's `Assignment::Global`, encoded once.
     encoded: Option<(u64, Arc<Vec<u8>>)>,
+    /// The newest version on the model topic (or that every worker has
+    /// from its package).
+    broadcast: u64,
 }
 
 impl Deliveries {
@@ -42,7 +45,25 @@ impl Deliveries {
             mode,
             sent: HashMap::new(),
             encoded: None,
+            broadcast: 0,
         }
+    }
+
+    /// With broadcast delivery, whether `version` still has to go on the
+    /// model topic (then it counts as sent): it goes once, ahead of the
+    /// first shards that train from it, or when it is made if none do.
+    pub fn broadcast_due(&mut self, version: u64) -> bool {
+        let due = self.broadcasts() && version > self.broadcast;
+        if due {
+            self.broadcast = version;
+        }
+        due
+    }
+
+    /// Versions up to `version` need no broadcast (a resumed run's
+    /// workers get it in their packages).
+    pub fn broadcast_sent(&mut self, version: u64) {
+        self.broadcast = self.broadcast.max(version);
     }
 
     /// Whether new versions go on the shared model topic.

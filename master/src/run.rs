@@ -267,6 +267,8 @@ impl Master {
             startup: Some(startup),
             cfg,
         };
+        // Workers get the current version in their packages.
+        master.deliveries.broadcast_sent(master.coord.version());
         if resume {
             master.judge_checkpointed_version()?;
         }
@@ -519,18 +521,7 @@ impl Master {
         self.engine.set_parameters(self.coord.global())?;
         let test = self.evaluate()?;
         let evaluated = Instant::now();
-        if self.deliveries.broadcasts() {
-            let global = GlobalModel {
-                version,
-                parameters: self.coord.global().to_vec(),
-            };
-            let topics = self.transport.topics().clone();
-            self.transport
-                .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
-                .await
-                .context("broadcast global model")?;
-            self.phases.broadcast(evaluated.elapsed());
-        }
+        self.broadcast(version).await?;
         let checkpoint_start = Instant::now();
         checkpoint::save(&self.outputs.run_dir(), &self.coord.checkpoint())?;
         let checkpointed = Instant::now();
@@ -556,6 +547,26 @@ impl Master {
             test.loss
         );
         Ok(self.coord.evaluated(test, Instant::now()))
+    }
+
+    /// With broadcast delivery, puts `version` on the model topic unless it
+    /// is there already.
+    async fn broadcast(&mut self, version: u64) -> anyhow::Result<()> {
+        if !self.deliveries.broadcast_due(version) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let global = GlobalModel {
+            version,
+            parameters: self.coord.global().to_vec(),
+        };
+        let topics = self.transport.topics().clone();
+        self.transport
+            .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
+            .await
+            .context("broadcast global model")?;
+        self.phases.broadcast(started.elapsed());
+        Ok(())
     }
 
     fn record_version(&mut self, test: TestResult, by: &str) -> anyhow::Result<()> {
@@ -683,7 +694,32 @@ impl Master {
             records.push((topics.shard(&id), recs));
         }
         let encoded = Instant::now();
-        crate::delivery::send_all(&self.transport, MASTER_ID, records).await?;
+        // With broadcast delivery the version the shards train from goes
+        // with them (a worker holds a shard until its version arrives).
+        let global = self.deliveries.broadcast_due(version).then(|| GlobalModel {
+            version,
+            parameters: self.coord.global().to_vec(),
+        });
+        let transport = &self.transport;
+        let broadcast = async {
+            let Some(global) = &global else {
+                return anyhow::Ok(None);
+            };
+            let t = Instant::now();
+            transport
+                .send(&topics.model(), MASTER_ID, MessageKind::Model, global)
+                .await
+                .context("broadcast global model")?;
+            Ok(Some(t.elapsed()))
+        };
+        let (broadcast, shards) = tokio::join!(
+            broadcast,
+            crate::delivery::send_all(transport, MASTER_ID, records)
+        );
+        shards?;
+        if let Some(took) = broadcast? {
+            self.phases.broadcast(took);
+        }
         let done = Instant::now();
         if let Some(s) = self.startup.take() {
             tracing::info!("{}", s.line(done));
