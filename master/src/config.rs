@@ -60,8 +60,10 @@ pub struct MasterConfig {
     pub agents: AgentsConfig,
     /// How new global versions reach the workers: `targeted` (the newest
     /// version goes to a worker with its next shard, on its own topic, so a
-    /// slow link never carries a superseded version) or `broadcast` (every
-    /// version on the shared model topic, read by every worker).
+    /// slow link never carries a superseded version), `broadcast` (every
+    /// version on the shared model topic, read by every worker), or `auto`
+    /// (default: broadcast under BSP, where every worker needs every
+    /// version, targeted otherwise).
     pub model_delivery: ModelDelivery,
     /// Prefetch (default true): under policies without a barrier (Hermes,
     /// ASP), a worker holds its next shard (with the newest global at the
@@ -80,11 +82,26 @@ pub struct MasterConfig {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelDelivery {
-    /// The newest version with each shard, to that worker only.
+    /// `broadcast` under BSP (every worker trains from every version, so
+    /// one copy on the model topic serves them all), `targeted` under the
+    /// other policies (a busy or slow worker skips superseded versions).
     #[default]
+    Auto,
+    /// The newest version with each shard, to that worker only.
     Targeted,
     /// Every version to every worker on the model topic.
     Broadcast,
+}
+
+impl ModelDelivery {
+    /// The delivery in force under `policy` (`auto` resolved).
+    pub fn under(self, policy: &str) -> ModelDelivery {
+        match self {
+            ModelDelivery::Auto if policy == "bsp" => ModelDelivery::Broadcast,
+            ModelDelivery::Auto => ModelDelivery::Targeted,
+            other => other,
+        }
+    }
 }
 
 /// The run's offer to agents (`worker --agent`, see `common::agents`).

@@ -39,10 +39,11 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    /// Nothing sent yet.
-    pub fn new(mode: ModelDelivery) -> Self {
+    /// Nothing sent yet; `mode` as configured, for `policy` (`auto` is
+    /// resolved here).
+    pub fn new(mode: ModelDelivery, policy: &str) -> Self {
         Self {
-            mode,
+            mode: mode.under(policy),
             sent: HashMap::new(),
             encoded: None,
             broadcast: 0,
@@ -160,7 +161,7 @@ mod tests {
 
     #[test]
     fn targeted_sends_only_a_newer_version_once() {
-        let mut d = Deliveries::new(ModelDelivery::Targeted);
+        let mut d = Deliveries::new(ModelDelivery::Targeted, "hermes");
         d.package_sent("w", 2);
         // Not newer than the package's: the shard alone.
         assert_eq!(d.for_shard("w", 2, &[0.0], shard(1)).unwrap().len(), 1);
@@ -174,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_version_is_encoded_once_for_every_worker_and_as_the_protocol_does() {
-        let mut d = Deliveries::new(ModelDelivery::Targeted);
+        let mut d = Deliveries::new(ModelDelivery::Targeted, "hermes");
         d.package_sent("a", 0);
         d.package_sent("b", 0);
         let a = d.for_shard("a", 3, &[0.5, -1.0], shard(1)).unwrap();
@@ -192,8 +193,23 @@ mod tests {
     }
 
     #[test]
+    fn auto_broadcasts_under_bsp_only_and_each_version_once() {
+        assert!(Deliveries::new(ModelDelivery::Auto, "bsp").broadcasts());
+        for policy in ["hermes", "asp", "ssp"] {
+            assert!(!Deliveries::new(ModelDelivery::Auto, policy).broadcasts());
+        }
+        let mut d = Deliveries::new(ModelDelivery::Auto, "bsp");
+        d.broadcast_sent(2);
+        assert!(!d.broadcast_due(2), "the packages carry version 2");
+        assert!(d.broadcast_due(3));
+        assert!(!d.broadcast_due(3), "once");
+        let mut t = Deliveries::new(ModelDelivery::Targeted, "bsp");
+        assert!(!t.broadcast_due(5), "targeted never broadcasts");
+    }
+
+    #[test]
     fn broadcast_never_sends_globals_with_shards() {
-        let mut d = Deliveries::new(ModelDelivery::Broadcast);
+        let mut d = Deliveries::new(ModelDelivery::Broadcast, "hermes");
         d.package_sent("w", 0);
         assert_eq!(d.for_shard("w", 9, &[0.0], shard(1)).unwrap().len(), 1);
         assert!(d.broadcasts());

@@ -244,6 +244,7 @@ impl Master {
         startup.step("subscribe");
         let announcer = crate::agents::Announcer::start(&cfg, keys);
         let sample_len = workload.sample_len();
+        let policy = coord.policy_name();
         let mut master = Self {
             announcer,
             transport,
@@ -260,7 +261,7 @@ impl Master {
             failed_probes_seen: 0,
             last_status_write: Instant::now(),
             last_alive: None,
-            deliveries: crate::delivery::Deliveries::new(cfg.model_delivery),
+            deliveries: crate::delivery::Deliveries::new(cfg.model_delivery, policy),
             samples: crate::samples::SampleMirrors::new(cfg.cache_samples, sample_len),
             resumed_actions: Vec::new(),
             phases,
