@@ -58,6 +58,9 @@ use crate::envelope::MessageKind;
 /// Bytes of an encoded chunk before its data.
 pub const CHUNK_HEADER_BYTES: usize = 16 + 4 + 4 + 8 + 32 + 1 + 4;
 
+// The envelope's tag covers exactly a chunk's header (its digest included).
+const _: () = assert!(CHUNK_HEADER_BYTES == crate::envelope::CHUNK_SIGNED_BYTES);
+
 /// Completed transfer ids remembered to ignore late redeliveries.
 const COMPLETED_MEMORY: usize = 4096;
 

@@ -567,15 +567,20 @@ impl EnvelopeCodec {
 
 /// Where the bytes a record's tag or checksum covers end: every byte before
 /// it, except a chunk's data — a chunk's header carries the BLAKE3 digest of
-/// its data, which [`crate::chunking`] checks before using any of it, so the
+/// its data, which the reassembler (`chunking`) checks before using any of it, so the
 /// tag covers the data through the digest without a second full pass over
 /// it (HMAC-SHA256 is the slowest step of a large transfer otherwise).
 fn signed_end(kind: MessageKind, payload_start: usize, payload_len: usize) -> usize {
     match kind {
-        MessageKind::Chunk => payload_start + payload_len.min(crate::chunking::CHUNK_HEADER_BYTES),
+        MessageKind::Chunk => payload_start + payload_len.min(CHUNK_SIGNED_BYTES),
         _ => payload_start + payload_len,
     }
 }
+
+/// Bytes of a [`MessageKind::Chunk`] payload its tag covers: the chunk
+/// header (`chunking::CHUNK_HEADER_BYTES`, which the compiler checks is
+/// the same), with the digest of the data.
+pub const CHUNK_SIGNED_BYTES: usize = 16 + 4 + 4 + 8 + 32 + 1 + 4;
 
 /// Checks that an id (run id, worker id) fits the wire format: at most
 /// [`MAX_ID_BYTES`] bytes. Config loading can call this to fail early.

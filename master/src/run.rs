@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::envelope::MessageKind;
 use common::protocol::{
-    self, Assignment, ControlMessage, GlobalModel, LogBatch, LogRecord, ModelPackage,
-    StatusMessage, TrainingPlan, UpdateDelta,
+    self, ControlMessage, LogBatch, LogRecord, StatusMessage, TrainingPlan, UpdateDelta,
 };
 use common::transport::{Delivery, Receiver, StartAt, Transport};
 use tokio::sync::mpsc;
@@ -28,6 +27,8 @@ pub use crate::coordinator::StopReason;
 use crate::coordinator::{Action, Coordinator, Event};
 use crate::run_outputs::{RunOutputs, SummaryInputs};
 use crate::workload::{self, TestResult, Workload};
+
+mod shipping;
 
 /// Node id of the master in envelopes and logs.
 pub const MASTER_ID: &str = "master";
@@ -480,20 +481,7 @@ impl Master {
                 }
                 Action::RecordAllocations(records) => self.record_allocations(records)?,
                 Action::ResendWhole { worker, shard_id } => {
-                    match self.samples.missed(&worker, shard_id) {
-                        Some(s) => {
-                            let shard = crate::allocation::Shard {
-                                id: s.shard_id,
-                                worker: worker.clone(),
-                                pass: 0,
-                                indices: s.indices,
-                            };
-                            self.send_shards(vec![(worker, shard, s.round)]).await?;
-                        }
-                        None => {
-                            tracing::warn!(worker = %worker, shard = shard_id, "cannot resend shard: it is not one of the worker's recent shards")
-                        }
-                    }
+                    self.resend_whole(worker, shard_id).await?
                 }
                 Action::NewVersion {
                     version,
@@ -548,26 +536,6 @@ impl Master {
             test.loss
         );
         Ok(self.coord.evaluated(test, Instant::now()))
-    }
-
-    /// With broadcast delivery, puts `version` on the model topic unless it
-    /// is there already.
-    async fn broadcast(&mut self, version: u64) -> anyhow::Result<()> {
-        if !self.deliveries.broadcast_due(version) {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let global = GlobalModel {
-            version,
-            parameters: self.coord.global().to_vec(),
-        };
-        let topics = self.transport.topics().clone();
-        self.transport
-            .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
-            .await
-            .context("broadcast global model")?;
-        self.phases.broadcast(started.elapsed());
-        Ok(())
     }
 
     fn record_version(&mut self, test: TestResult, by: &str) -> anyhow::Result<()> {
@@ -627,112 +595,6 @@ impl Master {
             self.coord.workers().active_ids().len(),
         );
         Ok(test)
-    }
-
-    async fn send_package(&mut self, id: &str) -> anyhow::Result<()> {
-        let topics = self.transport.topics().clone();
-        let shard_topic = topics.shard(id);
-        self.transport
-            .create_topics(&[self.transport.topic_spec(shard_topic.clone(), 1)])
-            .await
-            .context("create shard topic")?;
-        let package = Assignment::Package(ModelPackage {
-            model: self.model_name.clone(),
-            files: self.files.clone(),
-            global: GlobalModel {
-                version: self.coord.version(),
-                parameters: self.coord.global().to_vec(),
-            },
-            plan: self.plan.clone(),
-            validation: self.workload.validation_bytes(id)?,
-        });
-        let report = self
-            .transport
-            .send(&shard_topic, MASTER_ID, MessageKind::Shard, &package)
-            .await
-            .context("send model package")?;
-        tracing::info!(worker = %id, bytes = report.bytes, records = report.records, version = self.coord.version(), "model package sent");
-        self.deliveries.package_sent(id, self.coord.version());
-        let cache = self
-            .coord
-            .workers()
-            .get(id)
-            .map_or(0, |w| w.registration.sample_cache_bytes);
-        self.samples.package_sent(id, cache);
-        Ok(())
-    }
-
-    /// Sends a batch of shards (with their globals, see
-    /// [`crate::delivery`]): each worker's in order, the workers at once.
-    async fn send_shards(
-        &mut self,
-        batch: Vec<(String, crate::allocation::Shard, u64)>,
-    ) -> anyhow::Result<()> {
-        let topics = self.transport.topics().clone();
-        let version = self.coord.version();
-        let started = Instant::now();
-        // The worker with the longest rounds first: its records lead the
-        // producer's queue, and the round waits for it.
-        let mut batch = batch;
-        let cycle = |id: &str| {
-            self.coord
-                .workers()
-                .get(id)
-                .and_then(|w| w.last_cycle)
-                .map_or(f64::INFINITY, |(_, secs)| secs)
-        };
-        batch.sort_by(|a, b| cycle(&b.0).total_cmp(&cycle(&a.0)));
-        let workers: Vec<String> = batch.iter().map(|(id, _, _)| id.clone()).collect();
-        let mut records = Vec::with_capacity(batch.len());
-        for (id, shard, round) in batch {
-            let mut assignment =
-                self.samples
-                    .assignment(&self.workload, &id, shard.id, round, &shard.indices)?;
-            assignment.min_version = version;
-            let recs = self
-                .deliveries
-                .for_shard(&id, version, self.coord.global(), assignment)?;
-            records.push((topics.shard(&id), recs));
-        }
-        let encoded = Instant::now();
-        // With broadcast delivery the version the shards train from goes
-        // with them (a worker holds a shard until its version arrives).
-        let global = self.deliveries.broadcast_due(version).then(|| GlobalModel {
-            version,
-            parameters: self.coord.global().to_vec(),
-        });
-        let transport = &self.transport;
-        let broadcast = async {
-            let Some(global) = &global else {
-                return anyhow::Ok(None);
-            };
-            let t = Instant::now();
-            transport
-                .send(&topics.model(), MASTER_ID, MessageKind::Model, global)
-                .await
-                .context("broadcast global model")?;
-            Ok(Some(t.elapsed()))
-        };
-        let (broadcast, shards) = tokio::join!(
-            broadcast,
-            crate::delivery::send_all(transport, MASTER_ID, records)
-        );
-        shards?;
-        if let Some(took) = broadcast? {
-            self.phases.broadcast(took);
-        }
-        let done = Instant::now();
-        if let Some(s) = self.startup.take() {
-            tracing::info!("{}", s.line(done));
-        }
-        tracing::debug!(
-            encode_ms = (encoded - started).as_secs_f64() * 1e3,
-            send_ms = (done - encoded).as_secs_f64() * 1e3,
-            "shards sent"
-        );
-        self.phases
-            .shards_sent(workers.iter().map(String::as_str), done, done - started);
-        Ok(())
     }
 
     fn record_allocations(
