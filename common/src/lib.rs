@@ -14,6 +14,8 @@
 //! * [`engine`] — training with lowered ONNX Runtime training artifacts; optimizers in Rust.
 //! * [`data`] — dataset loaders (MNIST IDX, CIFAR-10 binary, CSV), splits and batching.
 //! * [`stats`] — the loss gate (z-score window, Welch t-test).
+//! * [`collective`] — ring all-reduce of a flat model: chunks, steps, reduce and gather.
+//! * [`sampling`] — choosing a federated round's trainers (uniform, or ∝ 1/√time as EdgeTB).
 //!
 //! # Fuzzing
 //!
@@ -41,6 +43,7 @@
 pub mod agents;
 pub mod auth;
 pub mod chunking;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod engine;
@@ -48,5 +51,6 @@ pub mod envelope;
 pub mod logging;
 pub mod protocol;
 pub mod runkey;
+pub mod sampling;
 pub mod stats;
 pub mod transport;
