@@ -16,6 +16,7 @@
 //! * [`stats`] — the loss gate (z-score window, Welch t-test).
 //! * [`collective`] — ring all-reduce of a flat model: chunks, steps, reduce and gather.
 //! * [`sampling`] — choosing a federated round's trainers (uniform, or ∝ 1/√time as EdgeTB).
+//! * [`strategy`] — federated aggregation strategies: FedAvg, FedAdam, FedYogi, FedAdagrad, FedMedian, trimmed mean.
 //!
 //! # Fuzzing
 //!
@@ -53,4 +54,5 @@ pub mod protocol;
 pub mod runkey;
 pub mod sampling;
 pub mod stats;
+pub mod strategy;
 pub mod transport;
