@@ -21,8 +21,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-/// Payload sizes: a control message and the MLP's global model (101,770 f32).
-const SIZES: [usize; 2] = [1_000, 407_080];
+/// Payload sizes: a control message and the MLP's global model (109,386 f32).
+const SIZES: [usize; 2] = [1_000, 437_544];
 const TRIPS: usize = 40;
 const WARM_UP: usize = 3;
 
