@@ -118,14 +118,16 @@ impl SampleMirrors {
         }
     }
 
-    /// The assignment of shard `shard_id` (`indices`, for `round`) to
-    /// `worker`, by reference where its cache allows (see [`Self::plan`]).
+    /// The assignment of shard `shard_id` (`indices`, for `round`, to train
+    /// from global `min_version` or newer) to `worker`, by reference where
+    /// its cache allows (see [`Self::plan`]).
     pub fn assignment(
         &mut self,
         workload: &Workload,
         worker: &str,
         shard_id: u64,
         round: u64,
+        min_version: u64,
         indices: &[u32],
     ) -> anyhow::Result<ShardAssignment> {
         let plan = self.plan(worker, shard_id, round, indices);
@@ -136,7 +138,7 @@ impl SampleMirrors {
             samples: plan.samples,
             fresh: plan.fresh,
             keep: plan.keep,
-            min_version: 0,
+            min_version,
         })
     }
 
@@ -149,7 +151,8 @@ impl SampleMirrors {
     }
 
     /// Samples `worker` holds, as far as the master knows.
-    pub fn held(&self, worker: &str) -> usize {
+    #[cfg(test)]
+    fn held(&self, worker: &str) -> usize {
         self.workers.get(worker).map_or(0, |m| m.held.len())
     }
 }

@@ -199,6 +199,7 @@ impl Trainer {
         let started = Instant::now();
         let queued = started.saturating_duration_since(arrived);
         let shard_id = shard.shard_id;
+        let by_reference = shard.by_reference();
         let origin = format!("shard {shard_id}");
         let data = decode_data(
             &origin,
@@ -208,7 +209,7 @@ impl Trainer {
         )
         .map_err(|reason| RoundError::BadShard { shard_id, reason })?;
         drop(shard.data);
-        let data = if !shard.samples.is_empty() {
+        let data = if by_reference {
             self.cache
                 .resolve(&origin, &shard.samples, &shard.fresh, data, shard.keep)
                 .map_err(|e| match e {

@@ -501,36 +501,24 @@ async fn worker_trains_rounds_for_a_hand_played_master() {
         "the default cache is stated"
     );
     let ids = |r: std::ops::Range<u32>| r.collect::<Vec<u32>>();
-    m.assign(Assignment::Shard(ShardAssignment {
-        shard_id: 14,
-        round: 3,
-        data: parts.train(0..300),
-        samples: ids(5000..5300),
-        fresh: ids(5000..5300),
-        keep: true,
-        min_version: 1,
-    }))
-    .await;
-    m.assign(Assignment::Shard(ShardAssignment {
-        shard_id: 15,
-        round: 4,
-        data: parts.train(0..0),
-        samples: ids(5100..5200),
-        fresh: vec![],
-        keep: true,
-        min_version: 1,
-    }))
-    .await;
-    m.assign(Assignment::Shard(ShardAssignment {
-        shard_id: 16,
-        round: 5,
-        data: parts.train(0..0),
-        samples: ids(5250..5350),
-        fresh: vec![],
-        keep: true,
-        min_version: 1,
-    }))
-    .await;
+    // (shard, round, training rows sent, their ids, ids named)
+    let by_reference = [
+        (14, 3, 0..300, ids(5000..5300), ids(5000..5300)),
+        (15, 4, 0..0, vec![], ids(5100..5200)),
+        (16, 5, 0..0, vec![], ids(5250..5350)),
+    ];
+    for (shard_id, round, rows, fresh, samples) in by_reference {
+        m.assign(Assignment::Shard(ShardAssignment {
+            shard_id,
+            round,
+            data: parts.train(rows),
+            samples,
+            fresh,
+            keep: true,
+            min_version: 1,
+        }))
+        .await;
+    }
     m.wait_for("the cached rounds and the miss", |s| {
         s.reports.len() >= 4 && !s.cache_misses.is_empty()
     })

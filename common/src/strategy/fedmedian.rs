@@ -1,7 +1,7 @@
 //! FedMedian (Yin et al. 2018): the coordinate-wise median of the
 //! results, unweighted — one trainer sending garbage cannot move it.
 
-use super::{check, FitResult, Strategy, StrategyError};
+use super::{by_sorted_coordinate, FitResult, Strategy, StrategyError};
 
 /// Coordinate-wise median (the mean of the two middle values for an even count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,20 +17,14 @@ impl Strategy for FedMedian {
         global: &mut [f32],
         results: &[FitResult<'_>],
     ) -> Result<(), StrategyError> {
-        check(global.len(), results, false)?;
-        let mut column = Vec::with_capacity(results.len());
-        for (i, g) in global.iter_mut().enumerate() {
-            column.clear();
-            column.extend(results.iter().map(|r| r.parameters[i]));
-            column.sort_by(f32::total_cmp);
+        by_sorted_coordinate(global, results, |column| {
             let mid = column.len() / 2;
-            *g = if column.len() % 2 == 1 {
+            if column.len() % 2 == 1 {
                 column[mid]
             } else {
                 ((f64::from(column[mid - 1]) + f64::from(column[mid])) / 2.0) as f32
-            };
-        }
-        Ok(())
+            }
+        })
     }
 }
 

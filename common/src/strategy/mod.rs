@@ -111,6 +111,25 @@ pub fn check(len: usize, results: &[FitResult<'_>], weighted: bool) -> Result<()
     Ok(())
 }
 
+/// The robust strategies' loop: each coordinate of `global` becomes
+/// `of(the results' values there, sorted ascending)`, after [`check`]
+/// (unweighted).
+pub fn by_sorted_coordinate(
+    global: &mut [f32],
+    results: &[FitResult<'_>],
+    of: impl Fn(&[f32]) -> f32,
+) -> Result<(), StrategyError> {
+    check(global.len(), results, false)?;
+    let mut column = Vec::with_capacity(results.len());
+    for (i, g) in global.iter_mut().enumerate() {
+        column.clear();
+        column.extend(results.iter().map(|r| r.parameters[i]));
+        column.sort_by(f32::total_cmp);
+        *g = of(&column);
+    }
+    Ok(())
+}
+
 /// The adaptive server optimizers' shared state and step: the
 /// pseudo-gradient Δ = weighted mean − global, the first moment m, and the
 /// update global += η m / (√v + τ); `second` updates v from Δ.

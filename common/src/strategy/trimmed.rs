@@ -1,7 +1,7 @@
 //! Trimmed mean (Yin et al. 2018): per coordinate, drop the ⌊β·n⌋
 //! smallest and largest values and average the rest, unweighted.
 
-use super::{check, FitResult, Strategy, StrategyError};
+use super::{by_sorted_coordinate, FitResult, Strategy, StrategyError};
 
 /// Coordinate-wise trimmed mean.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,18 +31,12 @@ impl Strategy for TrimmedMean {
         global: &mut [f32],
         results: &[FitResult<'_>],
     ) -> Result<(), StrategyError> {
-        check(global.len(), results, false)?;
         let cut = (self.beta * results.len() as f64).floor() as usize;
-        let kept = results.len() - 2 * cut;
-        let mut column = Vec::with_capacity(results.len());
-        for (i, g) in global.iter_mut().enumerate() {
-            column.clear();
-            column.extend(results.iter().map(|r| r.parameters[i]));
-            column.sort_by(f32::total_cmp);
-            let sum: f64 = column[cut..cut + kept].iter().map(|&v| f64::from(v)).sum();
-            *g = (sum / kept as f64) as f32;
-        }
-        Ok(())
+        by_sorted_coordinate(global, results, |column| {
+            let kept = &column[cut..column.len() - cut];
+            let sum: f64 = kept.iter().map(|&v| f64::from(v)).sum();
+            (sum / kept.len() as f64) as f32
+        })
     }
 }
 

@@ -2,11 +2,12 @@
 //! to a worker's sample cache where it can, see [`crate::samples`]), the
 //! globals that go with them, and broadcasts on the model topic.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::envelope::MessageKind;
 use common::protocol::{Assignment, GlobalModel, ModelPackage};
+use common::transport::Transport;
 
 use super::{Master, MASTER_ID};
 
@@ -67,10 +68,14 @@ impl Master {
         let workers: Vec<String> = batch.iter().map(|(id, _, _)| id.clone()).collect();
         let mut records = Vec::with_capacity(batch.len());
         for (id, shard, round) in batch {
-            let mut assignment =
-                self.samples
-                    .assignment(&self.workload, &id, shard.id, round, &shard.indices)?;
-            assignment.min_version = version;
+            let assignment = self.samples.assignment(
+                &self.workload,
+                &id,
+                shard.id,
+                round,
+                version,
+                &shard.indices,
+            )?;
             let recs = self
                 .deliveries
                 .for_shard(&id, version, self.coord.global(), assignment)?;
@@ -79,25 +84,11 @@ impl Master {
         let encoded = Instant::now();
         // With broadcast delivery the version the shards train from goes
         // with them (a worker holds a shard until its version arrives).
-        let global = self.deliveries.broadcast_due(version).then(|| GlobalModel {
-            version,
-            parameters: self.coord.global().to_vec(),
-        });
-        let transport = &self.transport;
-        let broadcast = async {
-            let Some(global) = &global else {
-                return anyhow::Ok(None);
-            };
-            let t = Instant::now();
-            transport
-                .send(&topics.model(), MASTER_ID, MessageKind::Model, global)
-                .await
-                .context("broadcast global model")?;
-            Ok(Some(t.elapsed()))
-        };
+        let due = self.deliveries.broadcast_due(version);
+        let broadcast = broadcast_global(&self.transport, due, version, self.coord.global());
         let (broadcast, shards) = tokio::join!(
             broadcast,
-            crate::delivery::send_all(transport, MASTER_ID, records)
+            crate::delivery::send_all(&self.transport, MASTER_ID, records)
         );
         shards?;
         if let Some(took) = broadcast? {
@@ -140,20 +131,39 @@ impl Master {
     /// With broadcast delivery, puts `version` on the model topic unless it
     /// is there already.
     pub(super) async fn broadcast(&mut self, version: u64) -> anyhow::Result<()> {
-        if !self.deliveries.broadcast_due(version) {
-            return Ok(());
+        let due = self.deliveries.broadcast_due(version);
+        if let Some(took) =
+            broadcast_global(&self.transport, due, version, self.coord.global()).await?
+        {
+            self.phases.broadcast(took);
         }
-        let started = Instant::now();
-        let global = GlobalModel {
-            version,
-            parameters: self.coord.global().to_vec(),
-        };
-        let topics = self.transport.topics().clone();
-        self.transport
-            .send(&topics.model(), MASTER_ID, MessageKind::Model, &global)
-            .await
-            .context("broadcast global model")?;
-        self.phases.broadcast(started.elapsed());
         Ok(())
     }
+}
+
+/// Sends global `version` on the model topic when `due`; how long it took.
+async fn broadcast_global(
+    transport: &Transport,
+    due: bool,
+    version: u64,
+    parameters: &[f32],
+) -> anyhow::Result<Option<Duration>> {
+    if !due {
+        return Ok(None);
+    }
+    let started = Instant::now();
+    let global = GlobalModel {
+        version,
+        parameters: parameters.to_vec(),
+    };
+    transport
+        .send(
+            &transport.topics().model(),
+            MASTER_ID,
+            MessageKind::Model,
+            &global,
+        )
+        .await
+        .context("broadcast global model")?;
+    Ok(Some(started.elapsed()))
 }
