@@ -128,9 +128,7 @@ fn run_envelope(input: &[u8]) -> &'static str {
 }
 
 fn envelope_seeds() -> Vec<Vec<u8>> {
-    let chunk = chunking::split(&[7u8; 300], 128, MessageKind::Model)
-        .remove(0)
-        .encode();
+    let chunk = fixed_chunks(&[7u8; 300], 128, 9, MessageKind::Model).remove(0);
     let status = protocol::encode(&sample_status()[0]).expect("encodes");
     let long_id = "s".repeat(MAX_ID_BYTES);
     let payloads: [&[u8]; 6] = [
