@@ -15,6 +15,7 @@
 //! * [`data`] — dataset loaders (MNIST IDX, CIFAR-10 binary, CSV), splits and batching.
 //! * [`stats`] — the loss gate (z-score window, Welch t-test).
 //! * [`collective`] — ring all-reduce of a flat model: chunks, steps, reduce and gather.
+//! * [`compression`] — update compression (sign with error feedback, int8, top-k).
 //! * [`rows`] — the model as ROG's rows (layout from the manifest, partial updates) and ROG's P(S).
 //! * [`sampling`] — choosing a federated round's trainers (uniform, or ∝ 1/√time as EdgeTB).
 //! * [`strategy`] — federated aggregation strategies: FedAvg, FedAdam, FedYogi, FedAdagrad, FedMedian, trimmed mean.
@@ -52,6 +53,7 @@ pub mod engine;
 pub mod envelope;
 pub mod logging;
 pub mod protocol;
+pub mod compression;
 pub mod rows;
 pub mod runkey;
 pub mod sampling;

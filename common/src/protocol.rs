@@ -475,7 +475,7 @@ mod tests {
 /// Byte vectors as one byte string rather than a sequence of `u8`s: the
 /// same bincode bytes (a length, then the bytes), copied in one go instead
 /// of a call per byte (a shard of MNIST is a megabyte).
-mod byte_buf {
+pub(crate) mod byte_buf {
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
