@@ -343,7 +343,11 @@ impl ErrorFeedback {
         if self.residual.len() != update.len() {
             self.residual = vec![0.0; update.len()];
         }
-        let corrected: Vec<f32> = update.iter().zip(&self.residual).map(|(u, r)| u + r).collect();
+        let corrected: Vec<f32> = update
+            .iter()
+            .zip(&self.residual)
+            .map(|(u, r)| u + r)
+            .collect();
         let encoded = encode(kind, &corrected, layout);
         match decode(&encoded, corrected.len()) {
             Ok(sent) => {
@@ -371,7 +375,7 @@ enum Granularity {
 
 fn segments(len: usize, layout: Option<&RowLayout>, g: Granularity) -> Vec<Range<usize>> {
     let Some(layout) = layout.filter(|l| l.values() == len && !l.is_empty()) else {
-        return vec![0..len];
+        return std::iter::once(0..len).collect();
     };
     match g {
         Granularity::Row => layout.rows().iter().map(|r| r.range.clone()).collect(),

@@ -29,7 +29,7 @@ fn layout() -> RowLayout {
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 #[test]
@@ -92,7 +92,9 @@ fn int8_error_is_at_most_half_a_step_of_its_row() {
     let e = encode(Compression::Int8, &x, Some(&l));
     let y = decode(&e, N).expect("decode");
     for row in l.rows() {
-        let max = x[row.range.clone()].iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max = x[row.range.clone()]
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()));
         let step = max / 127.0;
         for at in row.range.clone() {
             assert!(
@@ -185,14 +187,21 @@ fn bad_encodings_are_refused_by_name() {
     };
     assert!(matches!(
         decode(&bad, N),
-        Err(CompressionError::NotFinite { what: "scale", index: 1, .. })
+        Err(CompressionError::NotFinite {
+            what: "scale",
+            index: 1,
+            ..
+        })
     ));
     let short = Encoded::Int8 {
         segments,
         scales: vec![1.0; 5],
         values: values[..N - 1].to_vec(),
     };
-    assert!(matches!(decode(&short, N), Err(CompressionError::Size { .. })));
+    assert!(matches!(
+        decode(&short, N),
+        Err(CompressionError::Size { .. })
+    ));
     let unordered = Encoded::Sparse {
         len: N as u32,
         positions: vec![3, 3],
@@ -216,7 +225,10 @@ fn bad_encodings_are_refused_by_name() {
         scales: vec![1.0; 3],
         bits: vec![0; N.div_ceil(8)],
     };
-    assert!(matches!(decode(&huge, N), Err(CompressionError::Length { .. })));
+    assert!(matches!(
+        decode(&huge, N),
+        Err(CompressionError::Length { .. })
+    ));
 }
 
 #[test]
