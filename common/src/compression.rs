@@ -47,13 +47,6 @@ pub enum Compression {
     },
 }
 
-impl Compression {
-    /// Whether the kind loses information (and wants error feedback).
-    pub fn is_lossy(self) -> bool {
-        !matches!(self, Compression::None)
-    }
-}
-
 impl fmt::Display for Compression {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -271,10 +264,8 @@ pub fn decode(e: &Encoded, expected: usize) -> Result<Vec<f32>, CompressionError
             scales,
             bits,
         } => {
-            let ranges = ranges_of(segments, expected)?;
-            check_size("scales", scales.len(), ranges.len())?;
+            let ranges = scaled_ranges(segments, scales, expected)?;
             check_size("sign bytes", bits.len(), expected.div_ceil(8))?;
-            check_scales(scales)?;
             let mut out = vec![0f32; expected];
             for (r, s) in ranges.iter().zip(scales) {
                 for at in r.clone() {
@@ -289,10 +280,8 @@ pub fn decode(e: &Encoded, expected: usize) -> Result<Vec<f32>, CompressionError
             scales,
             values,
         } => {
-            let ranges = ranges_of(segments, expected)?;
-            check_size("scales", scales.len(), ranges.len())?;
+            let ranges = scaled_ranges(segments, scales, expected)?;
             check_size("int8 values", values.len(), expected)?;
-            check_scales(scales)?;
             let mut out = vec![0f32; expected];
             for (r, s) in ranges.iter().zip(scales) {
                 for at in r.clone() {
@@ -394,6 +383,19 @@ fn segments(len: usize, layout: Option<&RowLayout>, g: Granularity) -> Vec<Range
 
 fn lengths(ranges: &[Range<usize>]) -> Vec<u32> {
     ranges.iter().map(|r| r.len() as u32).collect()
+}
+
+/// The ranges of `segments` (which must cover `expected` values), each with
+/// its scale (one per segment, finite, non-negative).
+fn scaled_ranges(
+    segments: &[u32],
+    scales: &[f32],
+    expected: usize,
+) -> Result<Vec<Range<usize>>, CompressionError> {
+    let ranges = ranges_of(segments, expected)?;
+    check_size("scales", scales.len(), ranges.len())?;
+    check_scales(scales)?;
+    Ok(ranges)
 }
 
 fn ranges_of(segments: &[u32], expected: usize) -> Result<Vec<Range<usize>>, CompressionError> {
